@@ -1,0 +1,61 @@
+# renkei — the two commands a new machine needs are `make demo` and `make test`.
+# Both work as root on a fresh Debian bookworm: they install what they need.
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages: the venv and pyscard's build (libpcsclite-dev, swig).
+APT_PACKAGES := python3 python3-venv python3-dev build-essential libpcsclite-dev swig
+# Extra Debian packages the integration tests start as real parts.
+APT_TEST_PACKAGES :=
+
+.PHONY: help deps venv demo test lint unit bench clean juki-table municipality-master
+
+help:
+	@echo "make demo   - set up and run the main job on its embedded default"
+	@echo "make test   - set up, lint and run the whole test suite (what CI runs)"
+	@echo "make bench  - run the benchmarks and write bench/report.md"
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES) $(APT_TEST_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml | deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/python -m common.demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+unit: venv
+	$(VENV)/bin/pytest -q
+
+test: venv lint
+	$(VENV)/bin/pytest -q -n 2
+
+bench: venv
+	$(VENV)/bin/python -m bench
+
+# Regenerate committed data tables from their public sources (needs npm).
+juki-table: venv
+	$(PY) tools/build_juki_table.py
+
+municipality-master: venv
+	$(PY) tools/build_municipality_master.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
