@@ -35,7 +35,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml | deps
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/python -m common.demo
+	$(PY) tools/demo.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

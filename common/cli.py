@@ -55,7 +55,7 @@ def _open_input(path: str) -> BinaryIO:
     if path == "-":
         return sys.stdin.buffer
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+        return open(path, "rb")
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror}") from None
 
@@ -97,8 +97,14 @@ def main() -> None:
 
 @main.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--input", "kind", type=click.Choice(INPUT_KINDS), default="auto", show_default=True,
-              help="Input kind: a notice file in Juki code, or UTF-8 CSV / JSON Lines.")
+@click.option(
+    "--input",
+    "kind",
+    type=click.Choice(INPUT_KINDS),
+    default="auto",
+    show_default=True,
+    help="Input kind: a notice file in Juki code, or UTF-8 CSV / JSON Lines.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
 def validate_command(file: str, kind: str, as_json: bool) -> None:
     """Check every record of FILE against the pattern tables and code tables.
@@ -113,7 +119,14 @@ def validate_command(file: str, kind: str, as_json: bool) -> None:
     """
     out = click.get_text_stream("stdout")
     handle = _open_input(file)
-    summary = {"file": file, "direction": None, "records": 0, "valid": 0, "invalid": 0, "problems": 0}
+    summary = {
+        "file": file,
+        "direction": None,
+        "records": 0,
+        "valid": 0,
+        "invalid": 0,
+        "problems": 0,
+    }
     report = _JsonReport(out) if as_json else _TextReport(out)
     try:
         try:
@@ -182,7 +195,9 @@ class _TextReport:
         self.out.write(f"{row.line} 行目{rid}: [{row.code}] {row.message_ja}\n")
 
     def record(self, record: Record, problems: list) -> None:
-        self.out.write(f"レコード {record.record_id or '（番号なし）'}（パターン {record.pattern}）:\n")
+        self.out.write(
+            f"レコード {record.record_id or '（番号なし）'}（パターン {record.pattern}）:\n"
+        )
         for problem in problems:
             self.out.write(f"  [{problem.code}] {problem.message}\n")
 
@@ -209,27 +224,51 @@ class _JsonReport:
         self.finish(summary, exc)
 
     def start(self, summary: dict) -> None:
-        self.out.write('{"file": %s, "direction": %s, "rejected": [' % (
-            json.dumps(summary["file"], ensure_ascii=False), json.dumps(summary["direction"])))
+        file_name = json.dumps(summary["file"], ensure_ascii=False)
+        direction = json.dumps(summary["direction"])
+        self.out.write(f'{{"file": {file_name}, "direction": {direction}, "rejected": [')
 
     def _item(self, obj: dict) -> None:
         self.out.write(("" if self.first else ",") + "\n  " + json.dumps(obj, ensure_ascii=False))
         self.first = False
 
     def row_error(self, row: RowError) -> None:
-        self._item({"line": row.line, "record_id": row.record_id, "pattern": None, "problems": [
-            {"code": row.code, "item": None, "column": row.column, "message": row.message_ja,
-             "message_en": row.message}]})
+        self._item(
+            {
+                "line": row.line,
+                "record_id": row.record_id,
+                "pattern": None,
+                "problems": [
+                    {
+                        "code": row.code,
+                        "item": None,
+                        "column": row.column,
+                        "message": row.message_ja,
+                        "message_en": row.message,
+                    }
+                ],
+            }
+        )
 
     def record(self, record: Record, problems: list) -> None:
-        self._item({"record_id": record.record_id, "pattern": record.pattern,
-                    "problems": [p.to_json() for p in problems]})
+        self._item(
+            {
+                "record_id": record.record_id,
+                "pattern": record.pattern,
+                "problems": [p.to_json() for p in problems],
+            }
+        )
 
     def finish(self, summary: dict, error: NoticeFileError | None) -> None:
         file_error = None
         if error is not None:
-            file_error = {"code": error.code, "line": error.line, "offset": error.offset,
-                          "message": error.message_ja, "message_en": error.message}
+            file_error = {
+                "code": error.code,
+                "line": error.line,
+                "offset": error.offset,
+                "message": error.message_ja,
+                "message_en": error.message,
+            }
         tail = {k: summary[k] for k in ("records", "valid", "invalid", "problems")}
         tail["file_error"] = file_error
         tail["ok"] = error is None and summary["invalid"] == 0
@@ -238,12 +277,30 @@ class _JsonReport:
 
 @main.command("encode")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically); default stdout.")
-@click.option("--input", "kind", type=click.Choice(("auto", "csv", "jsonl")), default="auto", show_default=True)
-@click.option("--degenerate", is_flag=True,
-              help="Replace characters without a Juki code by their MJ縮退マップ fallback, and list each.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (substitutions included).")
-def encode_command(file: str, output: str | None, kind: str, degenerate: bool, as_json: bool) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write here (atomically); default stdout.",
+)
+@click.option(
+    "--input",
+    "kind",
+    type=click.Choice(("auto", "csv", "jsonl")),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--degenerate",
+    is_flag=True,
+    help="Replace characters without a Juki code by their MJ縮退マップ fallback, and list each.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON summary (substitutions included)."
+)
+def encode_command(
+    file: str, output: str | None, kind: str, degenerate: bool, as_json: bool
+) -> None:
     """Convert UTF-8 CSV or JSON Lines into a notice file in 住基統一文字コード.
 
     Nothing is written unless every record converts; a character without a
@@ -273,14 +330,21 @@ def encode_command(file: str, output: str | None, kind: str, degenerate: bool, a
     finally:
         if handle is not sys.stdin.buffer:
             handle.close()
-    summary = {"records": count, "format": FORMAT_TAGS[direction], "output": output,
-               "substitutions": substitutions}
+    summary = {
+        "records": count,
+        "format": FORMAT_TAGS[direction],
+        "output": output,
+        "substitutions": substitutions,
+    }
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False), err=output is None)
     else:
         for sub in substitutions:
-            click.echo(f"縮退: レコード {sub['record_id']} 項目 {sub['column']} {sub['position'] + 1} 文字目 "
-                       f"「{sub['original']}」→「{sub['replacement']}」", err=True)
+            click.echo(
+                f"縮退: レコード {sub['record_id']} 項目 {sub['column']} {sub['position'] + 1} 文字目 "
+                f"「{sub['original']}」→「{sub['replacement']}」",
+                err=True,
+            )
         click.echo(f"{count} 件を変換しました", err=True)
 
 
@@ -291,8 +355,13 @@ class _RowFailure(Exception):
         self.code = row.code
 
 
-def _encode_rows(sink: BinaryIO, direction: str, rows: Iterator[Record | RowError], degenerate: bool,
-                 substitutions: list[dict]) -> int:
+def _encode_rows(
+    sink: BinaryIO,
+    direction: str,
+    rows: Iterator[Record | RowError],
+    degenerate: bool,
+    substitutions: list[dict],
+) -> int:
     writer = NoticeWriter(sink, direction)
     for row in rows:
         if isinstance(row, RowError):
@@ -309,8 +378,12 @@ def _fail(exc: Exception, as_json: bool) -> None:
     code = getattr(exc, "code", "error")
     message_ja = getattr(exc, "message_ja", str(exc))
     if as_json:
-        click.echo(json.dumps({"error": {"code": code, "message": message_ja, "message_en": str(exc)}},
-                              ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                {"error": {"code": code, "message": message_ja, "message_en": str(exc)}},
+                ensure_ascii=False,
+            )
+        )
     else:
         click.echo(f"エラー: [{code}] {message_ja}", err=True)
         click.echo(f"  ({exc})", err=True)
@@ -319,7 +392,12 @@ def _fail(exc: Exception, as_json: bool) -> None:
 
 @main.command("decode")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically); default stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write here (atomically); default stdout.",
+)
 def decode_command(file: str, output: str | None) -> None:
     """Convert a notice file in 住基統一文字コード to UTF-8 JSON Lines.
 
@@ -371,13 +449,15 @@ def lasdec_command(codes: tuple[str, ...], as_json: bool) -> None:
     for code in codes:
         problems = lasdec.validate(code)
         municipality = lasdec.lookup(code) if not problems else None
-        results.append({
-            "code": code,
-            "valid": not problems,
-            "problems": problems,
-            "prefecture": municipality.prefecture if municipality else None,
-            "name": municipality.name if municipality else None,
-        })
+        results.append(
+            {
+                "code": code,
+                "valid": not problems,
+                "problems": problems,
+                "prefecture": municipality.prefecture if municipality else None,
+                "name": municipality.name if municipality else None,
+            }
+        )
     if as_json:
         click.echo(json.dumps(results, ensure_ascii=False, indent=1))
     else:

@@ -89,7 +89,9 @@ def is_valid(code: str) -> bool:
     This does not consult the master: use :func:`validate` or :func:`lookup`
     to know whether the code is in use.
     """
-    return isinstance(code, str) and bool(_CODE.fullmatch(code)) and check_digit(code[:5]) == code[5]
+    return (
+        isinstance(code, str) and bool(_CODE.fullmatch(code)) and check_digit(code[:5]) == code[5]
+    )
 
 
 def validate(code: str) -> list[str]:

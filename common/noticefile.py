@@ -150,7 +150,7 @@ class RowParser:
                 line_no,
                 "row.quote",
                 f"bad quoting: {exc}",
-                "ダブルクォート（\"）の使い方が正しくありません",
+                'ダブルクォート（"）の使い方が正しくありません',
             )
         return self.parse_fields(line_no, fields)
 
@@ -185,11 +185,17 @@ def _binary_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, int, bytes
     base = 0  # file offset of buf[0]; always the start of a line, so even
     line_no = 0
     max_bytes = 2 * MAX_LINE_CHARS
+    checked = False
     while True:
         chunk = stream.read(_CHUNK)
         if not chunk:
             break
         buf = buf + chunk if buf else chunk
+        if not checked:
+            if len(buf) < 4:
+                continue
+            _check_start(buf, name)
+            checked = True
         start = 0
         search = 0
         while True:
@@ -206,6 +212,8 @@ def _binary_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, int, bytes
             raise _long_line(buf[start:], name, line_no + 1, base + start)
         base += start
         buf = buf[start:]
+    if buf and not checked:
+        _check_start(buf, name)
     if buf:
         if len(buf) % 2:
             raise NoticeFileError(
@@ -288,7 +296,6 @@ class NoticeReader:
                 code="file.empty",
                 name=self.name,
             ) from None
-        _check_start(raw, self.name)
         try:
             text = juki.decode(raw)
         except UnicodeDecodeError as exc:
@@ -339,7 +346,9 @@ def read_notice_file(stream: BinaryIO, *, name: str = "<stream>") -> NoticeReade
 # --- Unicode inputs: UTF-8 CSV and JSON Lines -----------------------------------------------
 
 
-def read_unicode_csv(stream: TextIO, *, name: str = "<stream>") -> tuple[str, Iterator[Record | RowError]]:
+def read_unicode_csv(
+    stream: TextIO, *, name: str = "<stream>"
+) -> tuple[str, Iterator[Record | RowError]]:
     """A notice file's header and rows, in UTF-8 text (the ministry's import, vendors' tools).
 
     ``stream`` must be opened with ``newline=""``.  Returns the direction and
@@ -375,15 +384,22 @@ def read_unicode_csv(stream: TextIO, *, name: str = "<stream>") -> tuple[str, It
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield RowError(reader.line_num, "row.quote", f"bad quoting: {exc}",
-                               "ダブルクォート（\"）の使い方が正しくありません")
+                yield RowError(
+                    reader.line_num,
+                    "row.quote",
+                    f"bad quoting: {exc}",
+                    'ダブルクォート（"）の使い方が正しくありません',
+                )
                 continue
             bad = next((f for f in fields if "\r" in f or "\n" in f), None)
             if bad is not None:
-                yield RowError(reader.line_num, "row.line_end",
-                               "a value holds a line break",
-                               "項目の値に改行が含まれています",
-                               record_id=fields[0] or None)
+                yield RowError(
+                    reader.line_num,
+                    "row.line_end",
+                    "a value holds a line break",
+                    "項目の値に改行が含まれています",
+                    record_id=fields[0] or None,
+                )
                 continue
             yield parser.parse_fields(reader.line_num, fields)
 
@@ -412,7 +428,7 @@ def read_jsonl(
             pending.append((1, first_line))
     if direction is None:
         raise NoticeFileError(
-            "JSON Lines input needs a first line {\"format\": TAG} or an explicit direction",
+            'JSON Lines input needs a first line {"format": TAG} or an explicit direction',
             message_ja="JSON Lines の1行目に形式（format）がありません",
             code="file.header",
             name=name,
@@ -436,19 +452,31 @@ def read_jsonl(
                 yield RowError(number, "row.json", f"not JSON: {exc}", "JSON として読めません")
                 continue
             if not isinstance(obj, dict):
-                yield RowError(number, "row.json", "not a JSON object", "JSON のオブジェクトではありません")
+                yield RowError(
+                    number, "row.json", "not a JSON object", "JSON のオブジェクトではありません"
+                )
                 continue
             unknown = sorted(set(obj) - known)
             if unknown:
-                yield RowError(number, "row.unknown_key", f"unknown keys: {', '.join(unknown)}",
-                               f"不明な項目名があります: {', '.join(unknown)}",
-                               record_id=_str_or_none(obj.get("record_id")), column=unknown[0])
+                yield RowError(
+                    number,
+                    "row.unknown_key",
+                    f"unknown keys: {', '.join(unknown)}",
+                    f"不明な項目名があります: {', '.join(unknown)}",
+                    record_id=_str_or_none(obj.get("record_id")),
+                    column=unknown[0],
+                )
                 continue
             bad = sorted(k for k, v in obj.items() if v is not None and not isinstance(v, str))
             if bad:
-                yield RowError(number, "row.type", f"values must be strings: {', '.join(bad)}",
-                               f"値は文字列で指定してください: {', '.join(bad)}",
-                               record_id=_str_or_none(obj.get("record_id")), column=bad[0])
+                yield RowError(
+                    number,
+                    "row.type",
+                    f"values must be strings: {', '.join(bad)}",
+                    f"値は文字列で指定してください: {', '.join(bad)}",
+                    record_id=_str_or_none(obj.get("record_id")),
+                    column=bad[0],
+                )
                 continue
             fields = [obj.get("record_id") or "", obj.get("pattern") or ""]
             fields.extend(obj.get(c) or "" for c in order)
@@ -456,8 +484,13 @@ def read_jsonl(
             if not isinstance(result, RowError):
                 newline = next((f for f in fields if "\r" in f or "\n" in f), None)
                 if newline is not None:
-                    result = RowError(number, "row.line_end", "a value holds a line break",
-                                      "項目の値に改行が含まれています", record_id=fields[0] or None)
+                    result = RowError(
+                        number,
+                        "row.line_end",
+                        "a value holds a line break",
+                        "項目の値に改行が含まれています",
+                        record_id=fields[0] or None,
+                    )
             yield result
 
     return direction, rows()
@@ -467,7 +500,9 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _chain(first: Iterable[tuple[int, str]], stream: TextIO, last: int) -> Iterator[tuple[int, str]]:
+def _chain(
+    first: Iterable[tuple[int, str]], stream: TextIO, last: int
+) -> Iterator[tuple[int, str]]:
     yield from first
     number = last
     for text in stream:
@@ -490,7 +525,11 @@ def format_row(fields: Iterable[str]) -> str:
 
 def record_fields(record: Record) -> list[str]:
     values = record.values
-    return [record.record_id, record.pattern, *(values.get(c, "") for c in columns_for(record.direction))]
+    return [
+        record.record_id,
+        record.pattern,
+        *(values.get(c, "") for c in columns_for(record.direction)),
+    ]
 
 
 class NoticeWriter:
@@ -544,7 +583,9 @@ class NoticeWriter:
 
     def _raise_unencodable(self) -> None:
         for record, _row in self._pending:
-            for column, value in zip(("record_id", "pattern", *self.columns), record_fields(record), strict=True):
+            for column, value in zip(
+                ("record_id", "pattern", *self.columns), record_fields(record), strict=True
+            ):
                 bad = juki.unencodable(value)
                 if bad:
                     position, char = bad[0]
@@ -557,7 +598,9 @@ class NoticeWriter:
                         ),
                         code="write.unencodable",
                     )
-        raise NoticeWriteError("a row could not be encoded", code="write.unencodable")  # pragma: no cover
+        raise NoticeWriteError(
+            "a row could not be encoded", code="write.unencodable"
+        )  # pragma: no cover
 
     def close(self) -> None:
         self.flush()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 from .items import MINISTRY, MUNICIPALITY, OLD_PREFIX, Item, column_owner, get_item
@@ -74,9 +73,6 @@ def _view(item: Item, parts: tuple[str | None, ...]) -> Any:
     return parts[0]
 
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
-
-
 @dataclass(frozen=True, slots=True)
 class Record:
     """One notice record.
@@ -89,7 +85,7 @@ class Record:
 
     record_id: str
     pattern: str
-    values: Mapping[str, str] = field(default=_EMPTY)
+    values: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, column: str) -> str | None:
         return self.values.get(column) or None

@@ -33,8 +33,8 @@ from datetime import date
 from functools import cache, lru_cache
 
 from . import cardnumber, codes, juki, lasdec
-from .items import EVENT_ITEMS, Item, columns_for, get_item, items_for
-from .patterns import Mark, Pattern, UnknownPatternError, get_pattern
+from .items import EVENT_ITEMS, Item, get_item, items_for
+from .patterns import Mark, Pattern, UnknownPatternError, get_pattern, persons_category
 from .records import Record
 
 CORRECTION = "3"  # 修正
@@ -109,8 +109,14 @@ def _check_value(item: Item, column: str, value: str, out: list[Problem]) -> Non
                     f"{column}: {value!r} is not a valid date ({reason})",
                 )
             )
+    elif item.item_id == "change_reason":
+        return  # checked against the record's pattern
     elif shape == "code" or column.endswith(("name_kind", "card_kind")):
-        table = item.code_table if shape == "code" else ("name_kind" if "name_kind" in column else "card_kind")
+        table = (
+            item.code_table
+            if shape == "code"
+            else ("name_kind" if "name_kind" in column else "card_kind")
+        )
         if table and not codes.is_known(table, value):
             out.append(
                 _problem(
@@ -213,7 +219,7 @@ def _check_shape(item: Item, values: dict[str, str], old: bool, out: list[Proble
                         code,
                         item,
                         cols[1],
-                        f"{_label(item)}「{number}」の形式が正しくありません（英字2桁・数字8桁・英字2桁）",
+                        f"{_label(item)}「{number}」の形式が正しくありません（在留カード区分 {kind} の番号の形式ではありません）",
                         f"{cols[1]}: {number!r} is not a valid number for card kind {kind}: {code}",
                     )
                 )
@@ -324,7 +330,13 @@ def validate(record: Record, *, check_encoding: bool = True) -> list[Problem]:
 
     if not record.record_id:
         problems.append(
-            Problem("record_id.missing", None, "record_id", "レコード番号がありません", "record id missing")
+            Problem(
+                "record_id.missing",
+                None,
+                "record_id",
+                "レコード番号がありません",
+                "record id missing",
+            )
         )
     elif not _RECORD_ID.fullmatch(record.record_id):
         problems.append(
@@ -414,9 +426,26 @@ def _check_pattern(plan: _Plan, values: dict[str, str], out: list[Problem]) -> N
     label = f"パターン{pattern.code}（{pattern.title}）"
     fact = values.get("change_fact")
     fact_item = get_item("change_fact")
-    if fact is None:
-        out.append(_problem("item.missing", fact_item, "change_fact", f"異動事実がありません（{label}）",
-                            "change_fact missing"))
+    if pattern.pending:
+        out.append(
+            _problem(
+                "pattern.pending",
+                None,
+                "pattern",
+                f"{label}は仕様が調整中（異動事実が未定）のため、まだ連携できません",
+                f"pattern {pattern.code} is not settled in the spec (no change fact); it cannot be sent yet",
+            )
+        )
+    elif fact is None:
+        out.append(
+            _problem(
+                "item.missing",
+                fact_item,
+                "change_fact",
+                f"異動事実がありません（{label}）",
+                "change_fact missing",
+            )
+        )
     elif codes.is_known("change_fact", fact) and fact not in pattern.change_facts:
         allowed = "・".join(sorted(pattern.change_facts))
         out.append(
@@ -431,8 +460,15 @@ def _check_pattern(plan: _Plan, values: dict[str, str], out: list[Problem]) -> N
     reason = values.get("change_reason")
     reason_item = get_item("change_reason")
     if reason is None:
-        out.append(_problem("item.missing", reason_item, "change_reason", f"異動事由がありません（{label}）",
-                            "change_reason missing"))
+        out.append(
+            _problem(
+                "item.missing",
+                reason_item,
+                "change_reason",
+                f"異動事由がありません（{label}）",
+                "change_reason missing",
+            )
+        )
     elif reason not in pattern.change_reasons:
         out.append(
             _problem(
@@ -474,6 +510,12 @@ def _check_pattern(plan: _Plan, values: dict[str, str], out: list[Problem]) -> N
         exempt = _EXEMPT.get(item.item_id)
         if exempt is not None and exempt(values, False):
             continue
+        if (
+            exempt is _no_card
+            and "resident_category" not in values
+            and "※3" in pattern.notes.get(item.item_id, "")
+        ):
+            continue  # ※3: no card for some of the persons, and the record does not say which
         kind = "変更対象の項目（●）" if mark is Mark.CHANGED else "連携が必要な項目（○）"
         out.append(
             _problem(
@@ -491,6 +533,8 @@ def _check_pattern(plan: _Plan, values: dict[str, str], out: list[Problem]) -> N
             exempt = _EXEMPT.get(item.item_id)
             if exempt is not None and exempt(values, True):
                 continue
+            if exempt is _no_card and not codes.has_card(persons_category(pattern) or "1"):
+                continue  # the card is new: the persons had none before (一時庇護 → 中長期 …)
             out.append(
                 _problem(
                     "item.old_missing",
@@ -531,11 +575,34 @@ def _check_order(pattern: Pattern, values: dict[str, str], out: list[Problem]) -
     birth = ok("birth_date")
     planned = "予定" in pattern.event_date_meaning
     pairs: Iterable[tuple[str | None, str | None, str, str, str]] = (
-        (event, processing, "event_date", "事由発生年月日が処理年月日より後です", "event date after processing date"),
-        (report, processing, "report_date", "届出年月日が処理年月日より後です", "report date after processing date"),
-        (None if planned else event, report, "event_date",
-         "事由発生年月日が届出年月日より後です", "event date after report date"),
-        (birth, event, "birth_date", "出生の年月日が事由発生年月日より後です", "birth date after event date"),
+        (
+            event,
+            processing,
+            "event_date",
+            "事由発生年月日が処理年月日より後です",
+            "event date after processing date",
+        ),
+        (
+            report,
+            processing,
+            "report_date",
+            "届出年月日が処理年月日より後です",
+            "report date after processing date",
+        ),
+        (
+            None if planned else event,
+            report,
+            "event_date",
+            "事由発生年月日が届出年月日より後です",
+            "event date after report date",
+        ),
+        (
+            birth,
+            event,
+            "birth_date",
+            "出生の年月日が事由発生年月日より後です",
+            "birth date after event date",
+        ),
     )
     for earlier, later, column, ja, en in pairs:
         if earlier is not None and later is not None and earlier > later:

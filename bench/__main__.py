@@ -1,0 +1,81 @@
+"""`make bench`: run every benchmark, write bench/report.md and bench/report.json.
+
+Every figure that has a target is a ratio against a baseline measured in the
+same run on the same machine, so the report means the same on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import codec, fileformat
+
+HERE = Path(__file__).resolve().parent
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def main() -> int:
+    started = time.time()
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "cpus": __import__("os").cpu_count(),
+        },
+        "codec": codec.run(),
+        "fileformat": fileformat.run(),
+    }
+    report["seconds"] = time.time() - started
+    (HERE / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Run {report['when']} on {report['machine']['platform']}, "
+        f"Python {report['machine']['python']}, {report['machine']['cpus']} CPUs.",
+        "",
+    ]
+    for section in ("codec", "fileformat"):
+        for name, figures in report[section].items():
+            lines.append(f"## {section}: {name}")
+            lines.append("")
+            lines.append("| figure | value |")
+            lines.append("|---|---|")
+            for key, value in figures.items():
+                lines.append(f"| {key} | {_fmt(value)} |")
+            verdict = _verdict(figures)
+            if verdict:
+                lines += ["", verdict]
+            lines.append("")
+    (HERE / "report.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def _verdict(figures: dict) -> str:
+    if "ratio" in figures and "target" in figures:
+        met = figures["ratio"] >= figures["target"]
+        return f"**{'met' if met else 'MISSED'}**: ratio {figures['ratio']:.2f} vs target ≥ {figures['target']}"
+    if "peak_rss_mb" in figures and "target_peak_rss_mb" in figures:
+        met = figures["peak_rss_mb"] < figures["target_peak_rss_mb"]
+        return (
+            f"**{'met' if met else 'MISSED'}**: peak RSS {figures['peak_rss_mb']:.0f} MB vs target "
+            f"< {figures['target_peak_rss_mb']} MB"
+        )
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
