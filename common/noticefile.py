@@ -27,6 +27,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import compress
 from typing import BinaryIO, TextIO
 
 from . import juki
@@ -175,7 +176,7 @@ class RowParser:
                     record_id=record_id,
                 )
             self.seen.add(record_id)
-        values = {c: v for c, v in zip(self.columns, fields[2:], strict=True) if v}
+        values = dict(compress(zip(self.columns, fields[2:]), fields[2:]))  # non-empty only
         return self.record_type(record_id, fields[1], values)
 
 

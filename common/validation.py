@@ -29,12 +29,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
-from functools import cache, lru_cache
+from functools import cache
 
 from . import cardnumber, codes, juki, lasdec
+from .dates import check_date
 from .items import EVENT_ITEMS, Item, get_item, items_for
 from .patterns import Mark, Pattern, UnknownPatternError, get_pattern, persons_category
+from .precheck import precheck
 from .records import Record
 
 CORRECTION = "3"  # 修正
@@ -65,25 +66,6 @@ class Problem:
 
 
 # --- value checks (cached: the same dates and codes repeat across a file) --------------------
-
-
-@lru_cache(maxsize=65536)
-def check_date(text: str, *, partial: bool = False) -> str | None:
-    """None if ``text`` is a real date YYYYMMDD; otherwise a short English reason."""
-    if not _DATE.fullmatch(text):
-        return "not 8 digits YYYYMMDD"
-    year, month, day = int(text[:4]), int(text[4:6]), int(text[6:])
-    if year < 1800:
-        return "year before 1800"
-    if partial and month == 0 and day == 0:
-        return None
-    if partial and day == 0 and 1 <= month <= 12:
-        return None
-    try:
-        date(year, month, day)
-    except ValueError:
-        return "no such date"
-    return None
 
 
 def _problem(code: str, item: Item | None, column: str | None, ja: str, en: str) -> Problem:
@@ -323,6 +305,13 @@ def validate(record: Record, *, check_encoding: bool = True) -> list[Problem]:
     ``check_encoding=False`` skips the Juki-encodability scan for records that
     were just decoded from Juki code (they cannot fail it).
     """
+    if precheck(record, check_encoding=check_encoding):
+        return []
+    return explain(record, check_encoding=check_encoding)
+
+
+def explain(record: Record, *, check_encoding: bool = True) -> list[Problem]:
+    """The full validator: every problem, with messages (``validate`` without the fast path)."""
     problems: list[Problem] = []
     direction = record.direction
     values = dict(record.values)
@@ -391,8 +380,8 @@ def validate(record: Record, *, check_encoding: bool = True) -> list[Problem]:
 
 
 def _check_text(values: dict[str, str], out: list[Problem], check_encoding: bool) -> None:
-    joined = "\x1f".join(values.values())
-    if _CONTROL.search(joined.replace("\x1f", "")) is not None:
+    joined = " ".join(values.values())
+    if _CONTROL.search(joined) is not None:
         for column, value in values.items():
             match = _CONTROL.search(value)
             if match is not None:
@@ -405,7 +394,7 @@ def _check_text(values: dict[str, str], out: list[Problem], check_encoding: bool
                         f"{column}: control character U+{ord(match.group()):04X} at {match.start() + 1}",
                     )
                 )
-    if check_encoding and not juki.is_encodable(joined.replace("\x1f", "")):
+    if check_encoding and not juki.is_encodable(joined):
         for column, value in values.items():
             for position, char in juki.unencodable(value):
                 if _CONTROL.fullmatch(char):
