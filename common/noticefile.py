@@ -176,7 +176,7 @@ class RowParser:
                     record_id=record_id,
                 )
             self.seen.add(record_id)
-        values = dict(compress(zip(self.columns, fields[2:]), fields[2:]))  # non-empty only
+        values = dict(compress(zip(self.columns, fields[2:], strict=True), fields[2:]))  # non-empty
         return self.record_type(record_id, fields[1], values)
 
 
