@@ -26,7 +26,7 @@ deps:
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml | deps
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml common/juki/_scan.c | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

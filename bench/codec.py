@@ -8,6 +8,11 @@ figures with a target are ratios juki/utf-16-be of throughput (target ≥ 0.5):
 * ``stream_read`` / ``stream_write``: through ``io.TextIOWrapper`` line by
   line, as the notice-file reader and writer use it.
 
+Each figure is measured twice: with the scanner the codec uses here
+(``scanner``: "c" when the ``common.juki._scan`` extension is built) and with
+the pure-Python regex scanner forced (``pure_python_*``), so the report shows
+what the extension buys. The target applies to ``ratio``.
+
 Run as ``python -m bench.codec``; ``make bench`` calls ``run()``.
 """
 
@@ -20,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import common.juki as juki
+from common.juki import codec
 
 TARGET = 0.5
 
@@ -67,12 +73,20 @@ def _best(fn: Callable[[], object], repeat: int = 5) -> float:
     return best
 
 
-def _pair(size_mb: float, juki_s: float, base_s: float) -> dict:
+def _pair(size_mb: float, juki: Callable[[], object], base: Callable[[], object]) -> dict:
+    """Throughputs and ratios of ``juki`` against ``base``, with each scanner."""
+    base_s = _best(base)
+    juki_s = _best(juki)
+    with codec.using_scanner("python"):
+        pure_s = _best(juki)
     return {
+        "scanner": codec.scanner_name(),
         "juki_mb_s": size_mb / juki_s,
         "utf16be_mb_s": size_mb / base_s,
         "ratio": base_s / juki_s,
         "target": TARGET,
+        "pure_python_mb_s": size_mb / pure_s,
+        "pure_python_ratio": base_s / pure_s,
     }
 
 
@@ -100,21 +114,17 @@ def run(lines: int = 20_000) -> dict:
     split = text.splitlines(keepends=True)
     juki.encode("")  # load the tables outside the timings
     figures = {
-        "encode": _pair(
-            mb, _best(lambda: text.encode("juki")), _best(lambda: text.encode("utf-16-be"))
-        ),
-        "decode": _pair(
-            mb, _best(lambda: data.decode("juki")), _best(lambda: base_data.decode("utf-16-be"))
-        ),
+        "encode": _pair(mb, lambda: text.encode("juki"), lambda: text.encode("utf-16-be")),
+        "decode": _pair(mb, lambda: data.decode("juki"), lambda: base_data.decode("utf-16-be")),
         "stream_read": _pair(
             mb,
-            _best(lambda: _stream_read(data, "juki")),
-            _best(lambda: _stream_read(base_data, "utf-16-be")),
+            lambda: _stream_read(data, "juki"),
+            lambda: _stream_read(base_data, "utf-16-be"),
         ),
         "stream_write": _pair(
             mb,
-            _best(lambda: _stream_write(split, "juki")),
-            _best(lambda: _stream_write(split, "utf-16-be")),
+            lambda: _stream_write(split, "juki"),
+            lambda: _stream_write(split, "utf-16-be"),
         ),
     }
     figures["text"] = {

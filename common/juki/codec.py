@@ -2,11 +2,20 @@
 
 Each character is one big-endian 16-bit unit. Most units are their own UCS-2
 code point, so both directions run Python's C ``utf-16-be`` codec over the
-whole input and then one compiled character class (``tables.Tables``) finds
-the few places that need the table: added kanji (J+AAxx-D6FF), kanji whose
-plain Unicode form sits at another code, spellings with variation selectors,
-and everything that is not Juki at all. A per-character Python loop would be
-an order of magnitude slower.
+whole input and then a *scanner* finds the few places that need the table:
+added kanji (J+AAxx-D6FF), kanji whose plain Unicode form sits at another
+code, spellings with variation selectors, and everything that is not Juki at
+all. A per-character Python loop would be an order of magnitude slower.
+
+Two scanners give the same answers (``Scanner``): the optional C extension
+``_scan`` (built by ``pip install -e .`` from ``_scan.c``) and, when it is not
+built, one compiled regex character class per direction (``tables.Tables``).
+The extension exists only for speed: the regex costs ~6 ns per character,
+seven times the utf-16-be codec itself; the C loop, a table lookup per
+character, ~0.4 ns. It only scans — every mapping, error and position rule
+is here, and both scanners run the same code around them.
+Set ``RENKEI_JUKI_SCANNER=python`` to force the regex (``=c`` to require the
+extension); ``using_scanner`` switches for a block (tests, benchmarks).
 
 Errors are never replaced silently: strict is the default everywhere; the
 standard handlers ("replace", "ignore", ...) work only when asked for by name.
@@ -19,11 +28,23 @@ requires).
 from __future__ import annotations
 
 import codecs
+import contextlib
+import contextvars
+import functools
+import os
+import re
 import typing
 import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import EllipsisType
 
 from .tables import VARIATION_SELECTORS, tables
+
+try:
+    from . import _scan
+except ImportError:  # not built: the regex scanner does the same, slower
+    _scan = None
 
 ENCODING = "juki"
 # Windows maps six JIS X 0208 characters to other code points; Juki (like
@@ -37,6 +58,101 @@ _CP932_LOOKALIKES = {
     "\uffe2": "\u00ac",  # ￢ -> ¬
 }
 _INT_MAX = 0x7FFFFFFF  # TextIOWrapper keeps decoder flags in a C int
+SCANNER_ENV = "RENKEI_JUKI_SCANNER"
+# The codec functions themselves: ``str.encode("utf-16-be")`` first looks the
+# codec up by name, which costs more than encoding a short line.
+_utf16_encode = codecs.utf_16_be_encode
+_utf16_decode = codecs.utf_16_be_decode
+_PIECE = 1 << 16  # bytes: see _decode_plain
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """Where the table is needed; the one thing the C extension does.
+
+    ``encode_find(text, start)`` is the index of the first character at or
+    after ``start`` that does not encode to its own code point;
+    ``decode_find(text, start)`` that of the first character of a
+    surrogatepass utf-16-be decoding that is not its own canonical
+    decoding. Both return -1 when there is none, count every character
+    above U+FFFF as a hit, and treat ``start`` as ``re.Pattern.search``
+    does (negative: 0; beyond ``sys.maxsize``: ``OverflowError``).
+    """
+
+    name: str
+    encode_find: Callable[[str, int], int]
+    decode_find: Callable[[str, int], int]
+
+
+def _regex_find(pattern: re.Pattern[str]) -> Callable[[str, int], int]:
+    search = pattern.search
+
+    def find(text: str, start: int) -> int:
+        m = search(text, start)
+        return -1 if m is None else m.start()
+
+    return find
+
+
+@functools.cache
+def scanner(name: str) -> Scanner:
+    """The scanner called ``name``: "c" (the extension) or "python" (regex).
+
+    Built once from the tables; raises ``ValueError`` for "c" when the
+    extension is not built.
+    """
+    t = tables()
+    if name == "python":
+        return Scanner(name, _regex_find(t.encode_scan), _regex_find(t.decode_scan))
+    if name == "c" and _scan is not None:
+        # partial, not a closure: no Python frame per call (one per write
+        # on a TextIOWrapper).
+        return Scanner(
+            name,
+            functools.partial(_scan.find_special_str, t.encode_flags),
+            functools.partial(_scan.find_special_str, t.decode_flags),
+        )
+    if name == "c":
+        raise ValueError("the juki C scanner (common.juki._scan) is not built")
+    raise ValueError(f"unknown juki scanner {name!r} (expected 'c' or 'python')")
+
+
+def _default_scanner() -> str:
+    wanted = os.environ.get(SCANNER_ENV, "")
+    if wanted not in ("", "c", "python"):
+        raise ValueError(f"{SCANNER_ENV}={wanted!r}: expected 'c' or 'python'")
+    if wanted == "c" and _scan is None:
+        raise ImportError(f"{SCANNER_ENV}=c but common.juki._scan is not built")
+    return wanted or ("c" if _scan is not None else "python")
+
+
+# Read once at import; only ``using_scanner`` changes it, per context.
+_DEFAULT_SCANNER = _default_scanner()
+_active = contextvars.ContextVar("juki_scanner", default=_DEFAULT_SCANNER)
+
+
+def scanner_name() -> str:
+    """The scanner in use here: "c" unless not built or overridden."""
+    return _active.get()
+
+
+@contextlib.contextmanager
+def using_scanner(name: str) -> Iterator[Scanner]:
+    """Use scanner ``name`` inside the block (this thread/task only).
+
+    For tests and benchmarks that compare the two. An ``IncrementalEncoder``
+    keeps the scanner it was created with.
+    """
+    chosen = scanner(name)
+    token = _active.set(name)
+    try:
+        yield chosen
+    finally:
+        _active.reset(token)
+
+
+def _scanner() -> Scanner:
+    return scanner(_active.get())
 
 
 class JukiEncodeError(UnicodeEncodeError):
@@ -139,36 +255,45 @@ def encode(text: str) -> bytes:
 
 def encode_with(text: str, errors: str = "strict") -> bytes:
     """Encode with a named codecs error handler ("strict" unless asked otherwise)."""
-    t = tables()
-    parts = t.encode_scan.split(text)
-    if len(parts) == 1:
-        return text.encode("utf-16-be")
-    fast = t.encode_fast
-    try:
-        # Odd items are the scanner's hits; each becomes the character whose
-        # UTF-16 unit is its Juki code. A selector or a bad character is not
-        # in `fast` and takes the careful path.
-        parts[1::2] = [fast[c] for c in parts[1::2]]
-    except KeyError:
-        pass  # (outside the handler, so errors do not chain the KeyError)
-    else:
-        return "".join(parts).encode("utf-16-be")
-    return _encode_careful(text, errors)
+    find = _scanner().encode_find
+    hit = find(text, 0)
+    if hit < 0:
+        return _utf16_encode(text)[0]
+    return _encode_hits(text, hit, find, errors)
 
 
-def _encode_careful(text: str, errors: str) -> bytes:
-    """Spelling by spelling: variation sequences, error reporting and handlers."""
-    t = tables()
-    search = t.encode_scan.search
-    m = search(text)
-    table = t.encode
+def _encode_hits(text: str, hit: int, find: Callable[[str, int], int], errors: str) -> bytes:
+    """From the first scanner hit on: splice in each hit's code.
+
+    A hit that is a whole spelling on its own (a character whose code is
+    elsewhere) is spliced; anything else — a selector, a character with no
+    code — sends the whole text down the careful path.
+    """
+    table = tables().encode
     out: list[bytes] = []
     done = 0
-    while m is not None:
-        start, end = _spelling_bounds(text, m.start(), done)
+    while hit >= 0:
+        unit = table.get(text[hit])
+        if unit is None:
+            return _encode_careful(text, errors, find)
+        out += (_utf16_encode(text[done:hit])[0], unit)
+        done = hit + 1
+        hit = find(text, done)
+    out.append(_utf16_encode(text[done:])[0])
+    return b"".join(out)
+
+
+def _encode_careful(text: str, errors: str, find: Callable[[str, int], int]) -> bytes:
+    """Spelling by spelling: variation sequences, error reporting and handlers."""
+    table = tables().encode
+    out: list[bytes] = []
+    done = 0
+    hit = find(text, 0)
+    while hit >= 0:
+        start, end = _spelling_bounds(text, hit, done)
         unit = table.get(text[start:end])
         if start > done:
-            out.append(text[done:start].encode("utf-16-be"))
+            out.append(_utf16_encode(text[done:start])[0])
         if unit is not None:
             out.append(unit)
             done = end
@@ -182,8 +307,8 @@ def _encode_careful(text: str, errors: str) -> bytes:
             if isinstance(replacement, str):
                 replacement = encode(replacement)
             out.append(bytes(replacement))
-        m = search(text, done)
-    out.append(text[done:].encode("utf-16-be"))
+        hit = find(text, done)
+    out.append(_utf16_encode(text[done:])[0])
     return b"".join(out)
 
 
@@ -194,15 +319,17 @@ def unencodable(text: str) -> list[tuple[int, str]]:
     selector. Lets validation report all problems of a record at once.
     """
     t = tables()
-    search, table = t.encode_scan.search, t.encode
-    hits = t.encode_scan.findall(text)
-    if all(c in t.encode_fast for c in hits):
+    find = _scanner().encode_find
+    hit = find(text, 0)
+    while hit >= 0 and text[hit] in t.encode_fast:
+        hit = find(text, hit + 1)
+    if hit < 0:
         return []  # no selectors and nothing unmapped
     bad: list[tuple[int, str]] = []
     done = 0
-    while (m := search(text, done)) is not None:
-        start, end = _spelling_bounds(text, m.start(), done)
-        if text[start:end] not in table:
+    while (hit := find(text, done)) >= 0:
+        start, end = _spelling_bounds(text, hit, done)
+        if text[start:end] not in t.encode:
             bad.append((start, text[start:end]))
         done = end
     return bad
@@ -228,25 +355,19 @@ def decode_chunk(
     chunk. ``offset`` is the chunk's position in the stream, for messages
     (None: unknown, after a seek past 2 GiB).
     """
+    find = _scanner().decode_find
+    plain = _decode_plain(data, final, find)
+    if plain is not None:
+        return plain
     # surrogatepass: unpaired surrogate units come out as lone surrogates
     # (a valid pair as one astral character) so the scanner sees them.
-    text, consumed = codecs.utf_16_be_decode(data, "surrogatepass", False)
+    text, consumed = _utf16_decode(data, "surrogatepass", False)
     t = tables()
-    parts = t.decode_scan.split(text)
-    if consumed == len(data) or not final:
-        if len(parts) == 1:
-            return text, consumed
-        try:
-            parts[1::2] = [t.decode_fast[c] for c in parts[1::2]]
-            return "".join(parts), consumed
-        except KeyError:
-            pass  # an invalid unit: find and report it below
-    m = t.decode_scan.search(text)
     out: list[str] = []
     done = 0  # index into text
     astral = 0  # astral characters before `done` (each came from two units)
-    while m is not None:
-        i = m.start()
+    i = find(text, 0)
+    while i >= 0:
         code = ord(text[i])
         canonical = t.decode.get(code)  # astral characters are never keys
         out.append(text[done:i])
@@ -266,7 +387,7 @@ def decode_chunk(
                 return "".join(out) + rest, newpos + used
             astral += width == 4
         done = i + 1
-        m = t.decode_scan.search(text, done)
+        i = find(text, done)
     out.append(text[done:])
     if final and consumed < len(data):
         start = consumed
@@ -280,6 +401,66 @@ def decode_chunk(
             out.append(rep)
         consumed = len(data)
     return "".join(out), consumed
+
+
+def _decode_plain(
+    data: bytes | bytearray | memoryview, final: bool, find: Callable[[str, int], int]
+) -> tuple[str, int] | None:
+    """Decode when every unit is a code whose canonical spelling replaces it whole.
+
+    None when there is anything else (an invalid unit, a trailing odd byte at
+    the end): the caller then takes the careful path, which reports it.
+    """
+    if len(data) > _PIECE and (view := memoryview(data)).c_contiguous:
+        return _decode_pieces(view.cast("B"), final, find)
+    text, consumed = _utf16_decode(data, "surrogatepass", False)
+    if final and consumed < len(data):
+        return None
+    hit = find(text, 0)
+    if hit >= 0:
+        mapped = _decode_mapped(text, hit, find)
+        return None if mapped is None else (mapped, consumed)
+    return text, consumed
+
+
+def _decode_pieces(
+    view: memoryview, final: bool, find: Callable[[str, int], int]
+) -> tuple[str, int] | None:
+    """``_decode_plain`` of long input, ``_PIECE`` bytes at a time.
+
+    Each piece is scanned and mapped while it is in the CPU cache, and only
+    the result is large: a large intermediate ``str`` next to it costs (with
+    glibc's malloc) a page fault per 4 KiB, more than the decoding itself.
+    """
+    parts: list[str] = []
+    pos = 0
+    while len(view) - pos > _PIECE:
+        piece = _decode_plain(view[pos : pos + _PIECE], False, find)
+        if piece is None:
+            return None
+        parts.append(piece[0])
+        pos += piece[1]  # a held-back high surrogate starts the next piece
+    rest = _decode_plain(view[pos:], final, find)
+    if rest is None:
+        return None
+    parts.append(rest[0])
+    return "".join(parts), pos + rest[1]
+
+
+def _decode_mapped(text: str, hit: int, find: Callable[[str, int], int]) -> str | None:
+    """``text`` with each hit replaced by its canonical spelling; None at an invalid unit."""
+    fast = tables().decode_fast
+    parts: list[str] = []
+    done = 0
+    while hit >= 0:
+        canonical = fast.get(text[hit])
+        if canonical is None:
+            return None
+        parts += (text[done:hit], canonical)
+        done = hit + 1
+        hit = find(text, done)
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _decode_error(
@@ -302,17 +483,19 @@ class IncrementalEncoder(codecs.IncrementalEncoder):
     """Stateless: each chunk is encoded on its own.
 
     A variation selector must arrive in the same chunk as its base character
-    (``TextIOWrapper.write`` never splits one ``write`` call).
+    (``TextIOWrapper.write`` never splits one ``write`` call). The scanner is
+    the one in use when the encoder is created.
     """
 
     def __init__(self, errors: str = "strict") -> None:
         super().__init__(errors)
-        self._split = tables().encode_scan.split  # one call per write: keep it short
+        self._find = _scanner().encode_find  # one call per write: keep it short
 
     def encode(self, input: str, final: bool = False) -> bytes:
-        if len(self._split(input)) == 1:
-            return input.encode("utf-16-be")
-        return encode_with(input, self.errors)
+        hit = self._find(input, 0)
+        if hit < 0:
+            return _utf16_encode(input)[0]
+        return _encode_hits(input, hit, self._find, self.errors)
 
 
 class IncrementalDecoder(codecs.IncrementalDecoder):
