@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpcsclite-dev swig
 # Extra Debian packages the integration tests start as real parts.
 APT_TEST_PACKAGES :=
+# The benchmarks' baselines (nginx serves the same batch file statically).
+APT_BENCH_PACKAGES := nginx
 
 .PHONY: help deps venv demo test lint unit bench clean juki-table municipality-master
 
@@ -48,6 +50,7 @@ test: venv lint
 	$(VENV)/bin/pytest -q -n 2
 
 bench: venv
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_BENCH_PACKAGES)"
 	$(VENV)/bin/python -m bench
 
 # Regenerate committed data tables from their public sources (needs npm).

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import codec, fileformat
+from bench import codec, fileformat, server
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,6 +37,7 @@ def main() -> int:
         },
         "codec": codec.run(),
         "fileformat": fileformat.run(),
+        "server": server.run(),
     }
     report["seconds"] = time.time() - started
     (HERE / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -47,7 +48,7 @@ def main() -> int:
         f"Python {report['machine']['python']}, {report['machine']['cpus']} CPUs.",
         "",
     ]
-    for section in ("codec", "fileformat"):
+    for section in ("codec", "fileformat", "server"):
         for name, figures in report[section].items():
             lines.append(f"## {section}: {name}")
             lines.append("")

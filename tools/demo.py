@@ -1,18 +1,21 @@
-"""`make demo`: the daily job on an embedded sample day, told step by step.
+"""`make demo`: one day's exchange on an embedded sample day, told step by step.
 
-Stage of the project: the foundation (common/).  The demo generates one day
-of ministry notices for three municipalities, refuses a bad record with its
-Japanese report, cuts one batch file per municipality in 住基統一文字コード
-(an empty one where nothing happened), decodes each back to prove the round
-trip, and reads a municipality's notice file the way the terminal will before
-sending it.  Outputs go to ``demo-output/`` (or the folder given).
+What runs is real: the `renkei-server` commands, the server under gunicorn
+with TLS on loopback, signed HTTPS requests.  The terminal's side is played by
+a stand-in (the signing client of the server's integration tests) until the
+terminal agent (appliance/agent/) lands; it does what the agent will do:
+enroll, list, download, verify, place atomically, acknowledge, upload.
+
+Everything goes to ``demo-output/`` (or the folder given), made anew each run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
+import shutil
+import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -20,99 +23,152 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import lasdec  # noqa: E402
-from common.atomicwrite import atomic_write  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from common import statement  # noqa: E402
+from common.atomicwrite import write_bytes  # noqa: E402
 from common.items import MINISTRY, MUNICIPALITY  # noqa: E402
-from common.noticefile import NoticeReader, NoticeWriter, RowError  # noqa: E402
+from common.noticefile import encode_notice_file, format_json_header, format_json_record  # noqa: E402
 from common.synthetic import SampleFactory  # noqa: E402
-from common.validation import validate  # noqa: E402
+from tests.server.client import GunicornProcess  # noqa: E402 - stand-in terminal until the agent lands
 
 DAY = date(2026, 11, 27)
 MUNICIPALITIES = {"131016": 40, "011011": 25, "221384": 0}  # 千代田区, 札幌市中央区, 浜松市中央区
+BIN = Path(sys.executable).parent
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def main(out: Path) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    factory = SampleFactory(seed=20261127, day=DAY)
-    say(f"== renkei demo: the ministry's notices of {DAY:%Y-%m-%d} ==")
-
-    say(
-        "\n1. The issuance system's notices (Unicode), validated against the 【別紙】 pattern tables"
+def server_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(BIN / "renkei-server"), *args], env=env, capture_output=True, text=True, timeout=300
     )
-    batches: dict[str, list] = {}
-    for code, count in MUNICIPALITIES.items():
-        municipality = lasdec.lookup(code)
-        label = f"{municipality.prefecture}{municipality.name}" if municipality else code
-        records = list(factory.day_of(MINISTRY, code, count))
-        batches[code] = records
-        say(f"   {code} {label}: {count} notices")
-    bad = batches["131016"][0].with_values(birth_date="20100230", nationality="XYZ")
-    bad = type(bad)("M-BAD-0001", bad.pattern, bad.values)
-    problems = validate(bad)
-    say(
-        f"   a bad notice {bad.record_id} (pattern {bad.pattern}) is refused — {len(problems)} problems:"
-    )
-    for problem in problems:
-        say(f"     [{problem.code}] {problem.message}")
-    total = sum(len(r) for r in batches.values())
-    invalid = sum(1 for records in batches.values() for r in records if validate(r))
-    say(f"   {total} notices valid: {total - invalid}, refused: {invalid} (+1 bad example)")
-
-    say("\n2. Close the day: one batch file per municipality, in 住基統一文字コード")
-    for code, records in batches.items():
-        path = out / f"ministry-{code}-{DAY:%Y%m%d}.csv"
-        with atomic_write(path) as sink:
-            writer = NoticeWriter(sink, MINISTRY)
-            for record in records:
-                writer.write(record)
-            writer.close()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        empty = "  (empty batch: nothing happened)" if not records else ""
-        say(
-            f"   {path.name}: {len(records)} records, {path.stat().st_size:,} bytes, sha256 {digest[:16]}…{empty}"
+    for line in (result.stdout + result.stderr).rstrip().splitlines():
+        say(f"     | {line}")
+    if result.returncode not in (0, 1):
+        raise SystemExit(
+            f"renkei-server {' '.join(args)} failed with exit code {result.returncode}"
         )
+    return result
 
-    say("\n3. Decode each batch back to Unicode: the round trip is lossless")
-    for code, records in batches.items():
-        path = out / f"ministry-{code}-{DAY:%Y%m%d}.csv"
-        data = path.read_bytes()
-        reader = NoticeReader(io.BytesIO(data), name=path.name)
-        back = [r for r in reader if not isinstance(r, RowError)]
-        again = io.BytesIO()
-        writer = NoticeWriter(again, MINISTRY)
-        for record in back:
-            writer.write(record)
-        writer.close()
-        same = "identical" if again.getvalue() == data and back == records else "DIFFERENT"
-        say(f"   {path.name}: {len(back)} records read, re-encoded bytes {same}")
-    sample = batches["131016"][0]
-    say("   first notice for 千代田区 as JSON:")
-    say("   " + json.dumps(sample.to_json(), ensure_ascii=False))
 
-    say("\n4. A municipality's notice file, checked as the terminal will before sending it")
-    records = list(factory.day_of(MUNICIPALITY, "131016", 12))
-    records[3] = records[3].with_values(address_code="131017")
-    path = out / f"municipality-131016-{DAY:%Y%m%d}.csv"
-    with atomic_write(path) as sink:
-        writer = NoticeWriter(sink, MUNICIPALITY)
-        for record in records:
-            writer.write(record)
-        writer.close()
-    accepted = rejected = 0
-    with path.open("rb") as handle:
-        for row in NoticeReader(handle, name=path.name):
-            problems = [] if isinstance(row, RowError) else validate(row, check_encoding=False)
-            if isinstance(row, RowError) or problems:
-                rejected += 1
-                say(f"   rejected {row.record_id}: " + "; ".join(p.message for p in problems))
-            else:
-                accepted += 1
-    say(f"   {path.name}: {accepted} accepted, {rejected} rejected")
-    say(f"\nOutputs are in {out}/ — try: .venv/bin/renkei-format validate {path}")
+def main(out: Path) -> int:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    data = out / "server"
+    env = {**os.environ, "RENKEI_SERVER_DATA_DIR": str(data)}
+    factory = SampleFactory(seed=20261127, day=DAY)
+    say(f"== renkei demo: the daily exchange of {DAY:%Y-%m-%d} ==")
+
+    say(
+        "\n1. The ministry sets up its linkage server (database, signing key, municipality master, dev TLS)"
+    )
+    server_command(env, "init", "--dev-tls")
+
+    say("\n2. The issuance system's notices arrive in Unicode and are imported (one is bad)")
+    notices = out / f"notices-{DAY:%Y%m%d}.jsonl"
+    lines = [format_json_header(MINISTRY)]
+    for code, count in MUNICIPALITIES.items():
+        lines += [format_json_record(r) for r in factory.day_of(MINISTRY, code, count)]
+    bad = next(factory.day_of(MINISTRY, "131016", 1)).with_values(birth_date="20100230")
+    lines.append(format_json_record(type(bad)("M-BAD-0001", bad.pattern, bad.values)))
+    notices.write_text("".join(lines), encoding="utf-8")
+    server_command(env, "import", str(notices), "--date", DAY.isoformat())
+
+    say(
+        "\n3. After business hours the day is closed: one signed batch per municipality (empty ones too)"
+    )
+    server_command(env, "close-day", "--date", DAY.isoformat())
+
+    say("\n4. A field technician gets an enrollment token for 千代田区 (131016)")
+    token = json.loads(
+        subprocess.run(
+            [str(BIN / "renkei-server"), "terminal", "token", "--lasdec", "131016", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["token"]
+    say("     | token issued (shown once to the technician; stored hashed)")
+
+    say("\n5. The server runs under gunicorn with TLS; the terminal's evening run talks to it")
+    folders = out / "terminal-131016"
+    for name in ("inbox", "outbox", "sent"):
+        (folders / name).mkdir(parents=True)
+    with GunicornProcess(data, log_path=out / "gunicorn.log", workers=2) as server:
+        say(f"     | listening on {server.client().origin}")
+        key = Ed25519PrivateKey.generate()
+        with server.client(agent_version="renkei-demo-terminal") as client:
+            enrolled = client.post_json(
+                "/api/v1/enroll",
+                {
+                    "token": token,
+                    "public_key": statement.public_key_to_text(key.public_key()),
+                    "agent_version": "demo",
+                },
+                key=key,
+                key_id="enroll",
+            ).json()
+            say(
+                f"     | enrolled terminal {enrolled['terminal_id']} for {enrolled['municipality']}"
+            )
+            server_key = statement.public_key_from_text(enrolled["server_key"]["public_key"])
+            client.key, client.key_id = key, enrolled["terminal_id"]
+
+            batches = client.get("/api/v1/batches").json()["batches"]
+            for batch in batches:
+                manifest = client.get(f"/api/v1/batches/{batch['batch_id']}/manifest").json()
+                body = statement.verify(manifest, server_key)
+                payload = client.get(f"/api/v1/batches/{batch['batch_id']}").body
+                assert hashlib.sha256(payload).hexdigest() == body["sha256"], "hash mismatch"
+                name = f"ministry-{body['lasdec']}-{body['sequence']:06d}.csv"
+                write_bytes(folders / "inbox" / name, payload)
+                ack = client.post_json(
+                    f"/api/v1/batches/{batch['batch_id']}/ack", {"sha256": body["sha256"]}
+                )
+                say(
+                    f"     | batch #{body['sequence']} ({body['records']} records, signature ok, sha256 ok) "
+                    f"→ inbox/{name}, acknowledged ({ack.status})"
+                )
+
+            records = list(factory.day_of(MUNICIPALITY, "131016", 12))
+            records[3] = records[3].with_values(address_code="131017")
+            upload = encode_notice_file(MUNICIPALITY, records)
+            write_bytes(folders / "outbox" / "municipality-131016.csv", upload)
+            reply = client.post(
+                "/api/v1/uploads", upload, headers={"Renkei-File-Name": "municipality-131016.csv"}
+            )
+            receipt = statement.verify(reply.json(), server_key)
+            again = client.post(
+                "/api/v1/uploads", upload, headers={"Renkei-File-Name": "municipality-131016.csv"}
+            )
+            say(
+                f"     | uploaded municipality-131016.csv: {len(receipt['accepted'])} accepted, "
+                f"{len(receipt['rejected'])} rejected (receipt signed by the server; status {reply.status})"
+            )
+            for rejected in receipt["rejected"]:
+                for problem in rejected["problems"]:
+                    say(f"     |   rejected {rejected['record_id']}: {problem['message']}")
+            say(
+                f"     | sent again: status {again.status}, same receipt: {again.json() == reply.json()}"
+            )
+            write_bytes(
+                folders / "sent" / "municipality-131016.receipt.json",
+                json.dumps(reply.json(), ensure_ascii=False, indent=1).encode("utf-8"),
+            )
+
+    say("\n6. The ministry checks the fleet and exports what the municipalities sent")
+    server_command(env, "status")
+    exported = out / f"received-{DAY:%Y%m%d}.jsonl"
+    server_command(env, "export", "-o", str(exported))
+    say(
+        f"\nOutputs are in {out}/ — the terminal's folders in {folders.name}/, "
+        f"the server's data in server/, its log in gunicorn.log"
+    )
     return 0
 
 

@@ -1,0 +1,378 @@
+"""Benchmark: the linkage server under gunicorn, over TLS on loopback, with signing clients.
+
+Measured in one run on this machine, with the shipped ``server/gunicorn.conf.py``
+(2 × cores + 1 gthread workers) and a real SQLite database:
+
+* ``list_download_ack``: sustained requests/s of a terminal's daily cycle —
+  list the batches, download a 1,000-record batch, acknowledge it — from
+  several client threads, each its own enrolled terminal;
+* ``upload``: sustained uploads/s (and records/s) of distinct 1,000-record
+  municipality notice files, each parsed, validated, stored and receipted;
+* ``download_vs_nginx``: download throughput of the 1,000-record batch from
+  gunicorn (signed, verified, nonce recorded) against Debian's ``nginx``
+  serving the same bytes as a static file over TLS with the same
+  certificate, as a ratio (target ≥ 0.3);
+* ``download_vs_nginx_large``: the same for a 10,000-record batch, which
+  separates the per-request cost (signature check, database) from the cost
+  of moving the bytes.
+
+nginx is started here with a temporary configuration on 127.0.0.1 and
+stopped at the end; when it is not installed the ratios are reported as not
+measured.  Every loop is bounded by a request count.  Debian package:
+``nginx``.
+
+Run as ``python -m bench.server``; ``make bench`` calls ``run()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common import statement
+from common.items import MINISTRY, MUNICIPALITY
+from common.noticefile import encode_notice_file, records_to_jsonl
+from common.synthetic import SampleFactory
+from server.blobs import BlobStore
+from server.closeday import close_day
+from server.config import ServerConfig, load_config
+from server.enrollment import enroll, issue_token
+from server.ingest import import_notices
+from server.keys import load_or_create_signing_key
+from server.municipalities import load_master, shipped_master
+from server.storage import Storage, business_day
+from server.tls import make_dev_ca, make_server_cert
+from tests.server.client import GunicornProcess, SigningClient
+
+TARGET = 0.3
+DAILY = "131016"  # 東京都千代田区: the 1,000-record batch, the uploads
+LARGE = "131024"  # 東京都中央区: the 10,000-record batch
+RECORDS = 1_000
+LARGE_RECORDS = 10_000
+CLIENTS = 4
+CYCLES_PER_CLIENT = 25  # list + download + ack
+UPLOADS_PER_CLIENT = 4
+DOWNLOADS_PER_CLIENT = 40
+LARGE_DOWNLOADS_PER_CLIENT = 8
+
+
+def _init(data_dir: Path) -> ServerConfig:
+    """A server data folder with TLS and the day's batches: 1,000 and 10,000 records."""
+    ca_cert, ca_key = make_dev_ca(data_dir / "tls")
+    make_server_cert(data_dir / "tls", ca_cert, ca_key)
+    config = load_config(env={}, data_dir=data_dir)
+    config.blob_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage(config.database_url)
+    try:
+        storage.migrate()
+        load_master(storage, [m for m in shipped_master() if m.code in ("130001", DAILY, LARGE)])
+        key = load_or_create_signing_key(config.signing_key_path)
+        now = datetime.now(UTC)
+        day = business_day(now)
+        samples = SampleFactory(seed=3, day=day)
+        out = io.StringIO()
+        records_to_jsonl(
+            MINISTRY,
+            [
+                *samples.day_of(MINISTRY, DAILY, RECORDS),
+                *samples.day_of(MINISTRY, LARGE, LARGE_RECORDS),
+            ],
+            out,
+        )
+        result = import_notices(
+            storage, out.getvalue().encode(), file_name="day.jsonl", business_date=day, now=now
+        )
+        assert result.ok, result.to_json()["file_error"]
+        close_day(storage, BlobStore(config.blob_dir), key, day, now=now)
+    finally:
+        storage.dispose()
+    return config
+
+
+def _terminals(
+    config: ServerConfig, lasdec: str, count: int
+) -> list[tuple[str, Ed25519PrivateKey]]:
+    storage = Storage(config.database_url)
+    try:
+        out = []
+        for _ in range(count):
+            key = Ed25519PrivateKey.generate()
+            token = issue_token(storage, lasdec, now=datetime.now(UTC), ttl=600)
+            public = statement.public_key_to_text(key.public_key())
+            terminal = enroll(storage, token, public, now=datetime.now(UTC))
+            out.append((terminal.terminal_id, key))
+        return out
+    finally:
+        storage.dispose()
+
+
+def _parallel(
+    clients: list[SigningClient], work: Callable[[int, SigningClient], int]
+) -> tuple[int, float]:
+    """Run ``work(index, client)`` on every client at once; (sum of what it returns, seconds)."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        total = sum(pool.map(work, range(len(clients)), clients))
+    return total, time.perf_counter() - started
+
+
+def _cycles(path: str, sha256: str) -> Callable[[int, SigningClient], int]:
+    def work(_index: int, client: SigningClient) -> int:
+        for _ in range(CYCLES_PER_CLIENT):
+            listed = client.get("/api/v1/batches?all=1")
+            assert listed.status == 200, listed.body[:200]
+            data = client.get(path)
+            assert data.status == 200 and hashlib.sha256(data.body).hexdigest() == sha256
+            ack = client.post_json(f"{path}/ack", {"sha256": sha256})
+            assert ack.status == 200, ack.body[:200]
+        return 3 * CYCLES_PER_CLIENT
+
+    return work
+
+
+def _upload_files(count: int) -> list[bytes]:
+    """Distinct 1,000-record files: one business day each, so no record id repeats."""
+    start = date(2026, 11, 27)
+    return [
+        encode_notice_file(
+            MUNICIPALITY,
+            SampleFactory(seed=100 + i, day=start - timedelta(days=i)).day_of(
+                MUNICIPALITY, DAILY, RECORDS
+            ),
+        )
+        for i in range(count)
+    ]
+
+
+def _uploads(files: list[bytes]) -> Callable[[int, SigningClient], int]:
+    def work(index: int, client: SigningClient) -> int:
+        mine = files[index * UPLOADS_PER_CLIENT : (index + 1) * UPLOADS_PER_CLIENT]
+        for number, data in enumerate(mine):
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Renkei-File-Name": quote(f"bench-{index}-{number}.csv"),
+            }
+            reply = client.post("/api/v1/uploads", data, headers=headers)
+            assert reply.status == 201, reply.body[:300]
+            assert len(reply.json()["statement"]["accepted"]) == RECORDS
+        return len(mine)
+
+    return work
+
+
+def _downloads(
+    path: str, size: int, count: int, *, sign: bool
+) -> Callable[[int, SigningClient], int]:
+    def work(_index: int, client: SigningClient) -> int:
+        for _ in range(count):
+            reply = client.get(path, sign=sign)
+            assert reply.status == 200 and len(reply.body) == size, reply.status
+        return count * size
+
+    return work
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Nginx:
+    """Debian's nginx on loopback with a temporary configuration, serving one folder over TLS."""
+
+    def __init__(self, root: Path, www: Path, cert: Path, key: Path):
+        self.root = root
+        self.www = www
+        self.cert = cert
+        self.key = key
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def _config(self) -> str:
+        user = "user root root;" if os.geteuid() == 0 else ""  # root's temp dirs are 0700
+        return f"""{user}
+worker_processes {os.cpu_count() or 1};
+daemon off;
+pid {self.root}/nginx.pid;
+error_log {self.root}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.root}/client_body;
+    proxy_temp_path {self.root}/proxy;
+    fastcgi_temp_path {self.root}/fastcgi;
+    uwsgi_temp_path {self.root}/uwsgi;
+    scgi_temp_path {self.root}/scgi;
+    sendfile on;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {self.cert};
+        ssl_certificate_key {self.key};
+        root {self.www};
+        location / {{ default_type application/octet-stream; }}
+    }}
+}}
+"""
+
+    def start(self) -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            raise RuntimeError("nginx is not installed (Debian package nginx)")
+        self.root.mkdir(exist_ok=True)
+        for _attempt in range(3):
+            self.port = _free_port()
+            conf = self.root / "nginx.conf"
+            conf.write_text(self._config())
+            self.process = subprocess.Popen(
+                [binary, "-e", str(self.root / "error.log"), "-p", str(self.root), "-c", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        return
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()  # the port was taken meanwhile, or nginx failed: try another port
+        log = self.root / "error.log"
+        raise RuntimeError(f"nginx did not start: {log.read_text()[-500:] if log.exists() else ''}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+def _close(clients: list[SigningClient]) -> None:
+    for client in clients:
+        client.close()
+
+
+def run() -> dict:
+    report: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="renkei-bench-server-") as temp:
+        root = Path(temp)
+        config = _init(root / "data")
+        files = _upload_files(CLIENTS * UPLOADS_PER_CLIENT)
+        daily_ids = _terminals(config, DAILY, CLIENTS)
+        large_ids = _terminals(config, LARGE, CLIENTS)
+        cpus = os.cpu_count() or 1
+        gunicorn = GunicornProcess(
+            config.data_dir, log_path=root / "gunicorn.log", workers=2 * cpus + 1
+        )
+        gunicorn.start()
+        daily = [gunicorn.client(key=key, key_id=tid) for tid, key in daily_ids]
+        large = [gunicorn.client(key=key, key_id=tid) for tid, key in large_ids]
+        blobs = BlobStore(config.blob_dir)
+        try:
+            (batch,) = daily[0].get("/api/v1/batches").json()["batches"]
+            (big,) = large[0].get("/api/v1/batches").json()["batches"]
+            data, big_data = blobs.get(batch["sha256"]), blobs.get(big["sha256"])
+
+            requests, seconds = _parallel(daily, _cycles(batch["file"], batch["sha256"]))
+            report["list_download_ack"] = {
+                "clients": CLIENTS,
+                "batch_records": RECORDS,
+                "batch_bytes": len(data),
+                "requests": requests,
+                "requests_per_s": requests / seconds,
+                "cycles_per_s": requests / 3 / seconds,
+            }
+
+            uploads, seconds = _parallel(daily, _uploads(files))
+            report["upload"] = {
+                "clients": CLIENTS,
+                "file_records": RECORDS,
+                "file_bytes": len(files[0]),
+                "uploads": uploads,
+                "uploads_per_s": uploads / seconds,
+                "records_per_s": uploads * RECORDS / seconds,
+            }
+
+            comparisons = (
+                ("download_vs_nginx", RECORDS, daily, batch["file"], data, DOWNLOADS_PER_CLIENT),
+                (
+                    "download_vs_nginx_large",
+                    LARGE_RECORDS,
+                    large,
+                    big["file"],
+                    big_data,
+                    LARGE_DOWNLOADS_PER_CLIENT,
+                ),
+            )
+            for name, records, clients, path, body, count in comparisons:
+                sent, seconds = _parallel(clients, _downloads(path, len(body), count, sign=True))
+                report[name] = {
+                    "batch_records": records,
+                    "file_bytes": len(body),
+                    "gunicorn_mb_s": sent / seconds / 1e6,
+                }
+        finally:
+            _close(daily + large)
+            gunicorn.stop()
+
+        www = root / "www"
+        www.mkdir()
+        nginx = _Nginx(
+            root / "nginx", www, config.tls_dir / "server.crt", config.tls_dir / "server.key"
+        )
+        try:
+            nginx.start()
+            for name, _records, _clients, _path, body, count in comparisons:
+                (www / f"{name}.csv").write_bytes(body)
+                static = [
+                    SigningClient("127.0.0.1", nginx.port, ca_file=config.tls_dir / "ca.crt")
+                    for _ in range(CLIENTS)
+                ]
+                try:
+                    work = _downloads(f"/{name}.csv", len(body), count, sign=False)
+                    sent, seconds = _parallel(static, work)
+                finally:
+                    _close(static)
+                figures = report[name]
+                figures["nginx_mb_s"] = sent / seconds / 1e6
+                figures["ratio"] = figures["gunicorn_mb_s"] / figures["nginx_mb_s"]
+                figures["target"] = TARGET
+        except (OSError, RuntimeError, http.client.HTTPException, ssl.SSLError) as exc:
+            for name, *_ in comparisons:
+                report[name]["nginx"] = f"not measured: {exc}"
+        finally:
+            nginx.stop()
+    return report
+
+
+if __name__ == "__main__":
+    json.dump(run(), sys.stdout, indent=1)
+    print()

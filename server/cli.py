@@ -1,0 +1,601 @@
+"""``renkei-server``: the ministry operator's commands.
+
+A thin click shell over the server's services: each command loads the
+configuration, calls one service and prints its result — Japanese text for
+people, ``--json`` for machines.  The clock is read here, at the edge, and
+passed in as ``now``.
+
+Exit codes: 0 done; 1 the input had problems (some records rejected, a file
+error) — the rest was done; 2 usage, configuration or I/O error (nothing done).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from common.atomicwrite import atomic_write
+from common.statement import key_id, public_key_to_text
+
+from . import tls
+from .blobs import BlobStore
+from .closeday import close_day
+from .config import ServerConfig, load_config
+from .enrollment import find_terminal, issue_token, list_terminals, revoke_terminal
+from .errors import ConfigError, ServerError
+from .export import export_received
+from .ingest import import_notices
+from .keys import load_or_create_signing_key, load_signing_key
+from .municipalities import get_municipality, load_master
+from .status import server_status
+from .storage import TOKYO, Storage, business_day, iso_utc
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
+
+
+class Failure(click.ClickException):
+    """Usage, configuration or I/O error: nothing was done (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` on every command (default: $RENKEI_SERVER_CONFIG, then built-in defaults)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="TOML configuration file (default: $RENKEI_SERVER_CONFIG; see docs/operations.md).",
+    )(command)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(
+        command
+    )
+
+
+def _config(path: Path | None) -> ServerConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise Failure(exc.message) from None
+
+
+def _storage(config: ServerConfig) -> Storage:
+    storage = Storage(config.database_url)
+    database = storage.engine.url.database
+    if storage.engine.dialect.name == "sqlite" and database and not Path(database).exists():
+        storage.dispose()  # opening would create an empty file
+        raise Failure(f"there is no database at {database}; run `renkei-server init` first")
+    try:
+        version = storage.schema_version()
+    except SQLAlchemyError as exc:  # an unreachable database: report it plainly
+        raise Failure(f"cannot open the database {config.database_url}: {exc}") from None
+    if version == 0:
+        raise Failure(
+            f"the database {config.database_url} is not initialised; run `renkei-server init`"
+        )
+    return storage
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, indent=1))
+
+
+def _day(value: datetime | None) -> date:
+    return value.date() if value is not None else business_day(_now())
+
+
+DATE_OPTION = click.option(
+    "--date",
+    "day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Business date YYYY-MM-DD (default: today in Japan).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="renkei")
+def main() -> None:
+    """The linkage server's operator commands (市町村連携サーバ).
+
+    \b
+    A day's work:
+      renkei-server import notices-20261127.jsonl
+      renkei-server close-day
+      renkei-server status
+      renkei-server export --since 2026-11-27 -o received-20261127.jsonl
+
+    Exit codes: 0 done, 1 the input had problems (the rest was done),
+    2 usage, configuration or I/O error.
+    """
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+
+@main.command("init")
+@config_option
+@click.option(
+    "--dev-tls",
+    is_flag=True,
+    help="Also make a demo CA and server certificate in DATA_DIR/tls (not for production).",
+)
+@click.option("--hostname", multiple=True, help="Extra host name for the --dev-tls certificate.")
+@click.option("--ip", multiple=True, help="Extra IP address for the --dev-tls certificate.")
+@json_option
+def init_command(
+    config_path: Path | None,
+    dev_tls: bool,
+    hostname: tuple[str, ...],
+    ip: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Create the data folder, the database, the signing key; load the municipality master.
+
+    Safe to run again: the database is migrated, an existing key is kept, the
+    master is updated.  The signing key is never printed, only its key id.
+
+    \b
+    Example:
+      renkei-server init --config /etc/renkei-server/server.toml
+      renkei-server init --dev-tls --hostname renkei.example.lg.jp
+    """
+    config = _config(config_path)
+    try:
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config.blob_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise Failure(f"cannot create {config.data_dir}: {exc.strerror}") from None
+    storage = Storage(config.database_url)
+    try:
+        applied = storage.migrate()
+        key_existed = config.signing_key_path.exists()
+        key = load_or_create_signing_key(config.signing_key_path)
+        master = load_master(storage)
+    except ServerError as exc:
+        raise Failure(exc.message) from None
+    except OSError as exc:
+        raise Failure(f"{exc.filename or config.data_dir}: {exc.strerror}") from None
+    except SQLAlchemyError as exc:
+        raise Failure(f"cannot set up the database {config.database_url}: {exc}") from None
+    finally:
+        storage.dispose()
+    summary: dict[str, Any] = {
+        "data_dir": str(config.data_dir),
+        "database_url": config.database_url,
+        "migrations_applied": applied,
+        "signing_key": str(config.signing_key_path),
+        "signing_key_created": not key_existed,
+        "key_id": key_id(key.public_key()),
+        "municipalities": master.to_json(),
+        "tls_cert": None,
+        "tls_key": None,
+        "ca_cert": None,
+    }
+    if dev_tls:
+        cert = config.tls_dir / tls.SERVER_CERT
+        ca_cert, ca_key = tls.make_dev_ca(config.tls_dir)
+        if not cert.exists() or hostname or ip:
+            cert, _key = tls.make_server_cert(config.tls_dir, ca_cert, ca_key, hostname, ip)
+        summary.update(
+            tls_cert=str(cert), tls_key=str(config.tls_dir / tls.SERVER_KEY), ca_cert=str(ca_cert)
+        )
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"データフォルダ: {config.data_dir}")
+    click.echo(
+        f"データベース: {config.database_url}（適用した移行: {', '.join(applied) or 'なし'}）"
+    )
+    state = "作成しました" if not key_existed else "既存の鍵を使います"
+    click.echo(f"署名鍵: {config.signing_key_path}（{state}）key id {summary['key_id']}")
+    click.echo(
+        f"市区町村マスタ: 追加 {master.added}、更新 {master.updated}、変更なし {master.unchanged}、"
+        f"廃止 {master.retired}（受信単位 {master.receiving}）"
+    )
+    if dev_tls:
+        click.echo(f"開発用 TLS: 証明書 {summary['tls_cert']}、CA {summary['ca_cert']}")
+
+
+# --- import --------------------------------------------------------------------------------------
+
+
+@main.command("import")
+@config_option
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@DATE_OPTION
+@click.option(
+    "--degenerate",
+    is_flag=True,
+    help="Replace characters without a Juki code by their MJ縮退マップ fallback (each is listed).",
+)
+@json_option
+def import_command(
+    config_path: Path | None, file: str, day: datetime | None, degenerate: bool, as_json: bool
+) -> None:
+    """Load ministry notices (UTF-8 JSON Lines or CSV) from the issuance system.
+
+    Every record is validated; a bad one is listed with every problem and not
+    loaded, the rest load.  Importing the same file again loads nothing twice.
+    Exit 0 if every record loaded (or was a duplicate), 1 if some were rejected
+    or the file could not be read (then nothing loaded), 2 on usage errors.
+
+    \b
+    Example:
+      renkei-server import notices-20261127.jsonl
+      renkei-server import --date 2026-11-27 --json notices.csv | jq .rejected
+    """
+    config = _config(config_path)
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        raise Failure(f"{file}: {exc.strerror}") from None
+    storage = _storage(config)
+    try:
+        result = import_notices(
+            storage,
+            data,
+            file_name=file,
+            business_date=_day(day),
+            now=_now(),
+            degenerate=degenerate,
+        )
+    except ServerError as exc:
+        raise Failure(exc.message) from None
+    finally:
+        storage.dispose()
+    if as_json:
+        _echo_json(result.to_json())
+    else:
+        click.echo(f"ファイル: {file}（業務日 {result.business_date.isoformat()}）")
+        if result.file_error:
+            error = result.file_error
+            line = f"{error['line']} 行目: " if error.get("line") else ""
+            click.echo(f"ファイルエラー: {line}[{error['code']}] {error['message']}")
+            click.echo(f"  ({error['message_en']}) — 何も取り込んでいません")
+        for entry in result.rejected:
+            rid = entry.get("record_id") or "（番号なし）"
+            click.echo(f"{entry['line']} 行目 レコード {rid}:")
+            for problem in entry["problems"]:
+                click.echo(f"  [{problem['code']}] {problem['message']}")
+        for sub in result.substitutions:
+            click.echo(
+                f"縮退: レコード {sub['record_id']} 項目 {sub['column']} {sub['position'] + 1} 文字目 "
+                f"「{sub['original']}」→「{sub['replacement']}」"
+            )
+        click.echo(
+            f"結果: {result.records} 件中 取込 {result.loaded} 件、重複 {len(result.duplicates)} 件、"
+            f"不備 {len(result.rejected)} 件"
+        )
+    sys.exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+# --- close-day -----------------------------------------------------------------------------------
+
+
+@main.command("close-day")
+@config_option
+@DATE_OPTION
+@json_option
+def close_day_command(config_path: Path | None, day: datetime | None, as_json: bool) -> None:
+    """Cut the day's batches: one per municipality (empty if nothing happened), numbered and signed.
+
+    Takes every notice not yet delivered with a business date on or before
+    the date.  Running it again for the same date changes nothing.
+
+    \b
+    Example:
+      renkei-server close-day
+      renkei-server close-day --date 2026-11-27 --json
+    """
+    config = _config(config_path)
+    try:
+        key = load_signing_key(config.signing_key_path)
+    except ServerError as exc:
+        raise Failure(exc.message) from None
+    storage = _storage(config)
+    try:
+        result = close_day(storage, BlobStore(config.blob_dir), key, _day(day), now=_now())
+    except ServerError as exc:
+        raise Failure(exc.message) from None
+    finally:
+        storage.dispose()
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    label = result.business_date.isoformat()
+    if not result.changed:
+        click.echo(f"{label} は締め済みです（{result.existing} 団体）。変更はありません。")
+    else:
+        click.echo(
+            f"{label} を締めました: バッチ {result.created} 件（うち空 {result.empty} 件）、"
+            f"通知 {result.records} 件"
+        )
+    if result.waiting:
+        click.echo(f"次の締めを待つ通知: {result.waiting} 件")
+
+
+# --- terminals -----------------------------------------------------------------------------------
+
+
+@main.group("terminal")
+def terminal_group() -> None:
+    """Enrollment tokens and terminals (情報連携端末).
+
+    \b
+    Example:
+      renkei-server terminal token --lasdec 131016
+      renkei-server terminal list --lasdec 131016
+      renkei-server terminal revoke t_0123456789abcdef
+    """
+
+
+@terminal_group.command("token")
+@config_option
+@click.option("--lasdec", required=True, help="The municipality's (or ward's) 6-digit code.")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    help="Hours the token is valid (default: config token_ttl).",
+)
+@json_option
+def token_command(config_path: Path | None, lasdec: str, ttl: int | None, as_json: bool) -> None:
+    """Issue a one-time, expiring enrollment token for a field technician.
+
+    The token is printed once and stored only as a hash: hand it over now.
+
+    \b
+    Example:
+      renkei-server terminal token --lasdec 131016 --ttl 48
+    """
+    config = _config(config_path)
+    storage = _storage(config)
+    now = _now()
+    seconds = ttl * 3600 if ttl else config.token_ttl
+    try:
+        token = issue_token(storage, lasdec, now=now, ttl=seconds)
+        municipality = get_municipality(storage, lasdec)
+    except ServerError as exc:
+        raise Failure(exc.message) from None
+    finally:
+        storage.dispose()
+    expires = datetime.fromtimestamp(now.timestamp() + seconds, UTC)
+    if as_json:
+        _echo_json(
+            {
+                "token": token,
+                "lasdec": lasdec,
+                "expires_at": iso_utc(expires),
+                "name": municipality.full_name if municipality else None,
+            }
+        )
+        return
+    click.echo(f"{lasdec} {municipality.full_name if municipality else ''} の登録トークン:")
+    click.echo(token)
+    click.echo(f"有効期限: {expires.astimezone(TOKYO):%Y-%m-%d %H:%M} (JST)・1回のみ使用可")
+
+
+@terminal_group.command("list")
+@config_option
+@click.option("--lasdec", help="Only this municipality's terminals.")
+@json_option
+def list_command(config_path: Path | None, lasdec: str | None, as_json: bool) -> None:
+    """List enrolled terminals (revoked ones too).
+
+    \b
+    Example:
+      renkei-server terminal list --json
+    """
+    storage = _storage(_config(config_path))
+    try:
+        found = list_terminals(storage, lasdec)
+    finally:
+        storage.dispose()
+    if as_json:
+        _echo_json([t.to_json() for t in found])
+        return
+    if not found:
+        click.echo("端末はありません")
+    for t in found:
+        seen = (
+            t.last_seen_at.astimezone(TOKYO).strftime("%Y-%m-%d %H:%M") if t.last_seen_at else "-"
+        )
+        state = "失効" if t.revoked_at else "有効"
+        click.echo(
+            f"{t.terminal_id}\t{t.lasdec}\t{state}\t{t.key_id}\t最終接続 {seen}\t{t.agent_version or '-'}"
+        )
+
+
+@terminal_group.command("revoke")
+@config_option
+@click.argument("terminal_id")
+@json_option
+def revoke_command(config_path: Path | None, terminal_id: str, as_json: bool) -> None:
+    """Revoke a terminal: its requests are refused from now on.
+
+    \b
+    Example:
+      renkei-server terminal revoke t_0123456789abcdef
+    """
+    storage = _storage(_config(config_path))
+    try:
+        terminal = find_terminal(storage, terminal_id)
+        if terminal is None:
+            raise Failure(f"no terminal {terminal_id!r}; see `renkei-server terminal list`")
+        revoked = revoke_terminal(storage, terminal_id, now=_now())
+    finally:
+        storage.dispose()
+    if as_json:
+        _echo_json({"terminal_id": terminal_id, "revoked": revoked, "already_revoked": not revoked})
+    elif revoked:
+        click.echo(f"{terminal_id} を失効させました")
+    else:
+        click.echo(f"{terminal_id} は既に失効しています")
+
+
+# --- status, export ------------------------------------------------------------------------------
+
+
+@main.command("status")
+@config_option
+@click.option(
+    "--all",
+    "all_rows",
+    is_flag=True,
+    help="Every municipality, not only those with something to say.",
+)
+@json_option
+def status_command(config_path: Path | None, all_rows: bool, as_json: bool) -> None:
+    """Per municipality: terminals, last contact, batches, today's uploads and rejections.
+
+    By default only rows with something to say: uploads or rejections today,
+    or an enrolled municipality with an overdue batch (!), a silent terminal
+    or a skewed clock; --all for every municipality.
+
+    \b
+    Example:
+      renkei-server status
+      renkei-server status --json | jq '.municipalities[] | select(.overdue)'
+    """
+    storage = _storage(_config(config_path))
+    now = _now()
+    try:
+        status = server_status(storage, now=now)
+    finally:
+        storage.dispose()
+    if as_json:
+        _echo_json(status.to_json(all_rows=all_rows))
+        return
+    for line in status.text_lines(all_rows=all_rows):
+        click.echo(line)
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            value = datetime.combine(date.fromisoformat(text), time(0))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not an ISO date or time", param_hint="--since"
+            ) from None
+    return value.replace(tzinfo=TOKYO) if value.tzinfo is None else value
+
+
+@main.command("export")
+@config_option
+@click.option(
+    "--since", help="Only notices received at or after this ISO date/time (no zone: Japan time)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write here (atomically); default stdout.",
+)
+def export_command(config_path: Path | None, since: str | None, output: str | None) -> None:
+    """Write received municipality notices as UTF-8 JSON Lines for the ministry's systems.
+
+    One line per record: the decoded record with lasdec, upload id and
+    received time, and the characters that are variation sequences.
+
+    \b
+    Example:
+      renkei-server export --since 2026-11-27 -o received-20261127.jsonl
+      renkei-server export --since 2026-11-27T18:00:00+09:00 | wc -l
+    """
+    start = _since(since)
+    storage = _storage(_config(config_path))
+    try:
+        if output:
+            try:
+                with atomic_write(output) as sink:
+                    text = _utf8(sink)
+                    count = export_received(storage, text, since=start)
+                    text.flush()
+                    text.detach()
+            except OSError as exc:
+                raise Failure(f"{output}: {exc.strerror}") from None
+        else:
+            count = export_received(storage, click.get_text_stream("stdout"), since=start)
+    finally:
+        storage.dispose()
+    click.echo(f"{count} 件を出力しました", err=True)
+
+
+def _utf8(sink: Any) -> io.TextIOWrapper:
+    return io.TextIOWrapper(sink, encoding="utf-8", newline="\n", write_through=True)
+
+
+# --- keys, serve ---------------------------------------------------------------------------------
+
+
+@main.command("public-key")
+@config_option
+@json_option
+def public_key_command(config_path: Path | None, as_json: bool) -> None:
+    """Print the server's public signing key (base64) and key id, for terminals and auditors.
+
+    \b
+    Example:
+      renkei-server public-key --json
+    """
+    config = _config(config_path)
+    try:
+        key = load_signing_key(config.signing_key_path).public_key()
+    except ServerError as exc:
+        raise Failure(exc.message) from None
+    if as_json:
+        _echo_json({"key_id": key_id(key), "public_key": public_key_to_text(key)})
+    else:
+        click.echo(f"{key_id(key)} {public_key_to_text(key)}")
+
+
+@main.command("serve")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Print the gunicorn command instead of running it.")
+def serve_command(config_path: Path | None, dry_run: bool) -> None:
+    """Run the server under gunicorn (server/gunicorn.conf.py); there is no development server.
+
+    \b
+    Example:
+      renkei-server serve --config /etc/renkei-server/server.toml
+    """
+    config = _config(config_path)  # fail early on a bad configuration
+    if not GUNICORN_CONF.exists():
+        raise Failure(f"{GUNICORN_CONF} is missing")
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "server.wsgi:app"]
+    env = dict(os.environ)
+    if config_path is not None:
+        env["RENKEI_SERVER_CONFIG"] = str(config_path.resolve())
+    if dry_run:
+        click.echo(" ".join(argv))
+        click.echo(f"bind {config.bind}; TLS {config.tls_cert or 'なし'}", err=True)
+        return
+    if shutil.which(sys.executable) is None:  # pragma: no cover
+        raise Failure(f"{sys.executable} not found")
+    os.execve(sys.executable, argv, env)  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,317 @@
+"""Terminals: enrollment tokens, enrollment, revocation, and the traces of their requests.
+
+A field technician enrolls an appliance with a one-time token the operator
+issued for one municipality; the appliance sends the token and its own
+Ed25519 public key (made on the appliance, never leaving it) and becomes a
+terminal of that municipality.  Tokens are stored only as SHA-256 hashes, so
+a copy of the database cannot enroll anything; a token is used up by a single
+conditional UPDATE whose row count says whether this request won.
+
+The HTTP layer records each verified request (:func:`note_contact`), each
+nonce (:func:`remember_nonce`, replay protection by a primary key) and each
+failed signature (:func:`note_auth_failure`, for rate limiting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from common import statement
+
+from .errors import EnrollmentError, NotFoundError
+from .municipalities import get_municipality
+from .storage import Storage, auth_failures, enrollment_tokens, iso_utc, nonces, terminals
+
+__all__ = [
+    "Terminal",
+    "enroll",
+    "find_terminal",
+    "find_terminal_by_key_id",
+    "issue_token",
+    "list_terminals",
+    "list_tokens",
+    "note_auth_failure",
+    "note_contact",
+    "recent_auth_failures",
+    "remember_nonce",
+    "revoke_terminal",
+]
+
+#: Token alphabet: Crockford's base32 (no I, L, O, U), easy to read aloud and type.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TOKEN_CHARS = 20  # 100 bits
+#: Failed-auth rows older than this are deleted (the rate-limit period must be shorter).
+AUTH_FAILURE_KEEP = timedelta(days=1)
+#: Longer nonces are stored as their SHA-256 (the column is 128 characters).
+MAX_NONCE = 128
+
+
+@dataclass(frozen=True)
+class Terminal:
+    terminal_id: str
+    lasdec: str
+    public_key: str  # base64 of the raw Ed25519 key (common.statement.public_key_to_text)
+    key_id: str  # common.statement.key_id(public key)
+    enrolled_at: datetime
+    revoked_at: datetime | None
+    last_seen_at: datetime | None
+    agent_version: str | None
+    clock_skew: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_json(self) -> dict:
+        return {
+            "terminal_id": self.terminal_id,
+            "lasdec": self.lasdec,
+            "public_key": self.public_key,
+            "key_id": self.key_id,
+            "enrolled_at": iso_utc(self.enrolled_at),
+            "revoked_at": iso_utc(self.revoked_at) if self.revoked_at else None,
+            "last_seen_at": iso_utc(self.last_seen_at) if self.last_seen_at else None,
+            "agent_version": self.agent_version,
+            "clock_skew": self.clock_skew,
+        }
+
+
+def _terminal(row: sa.Row) -> Terminal:
+    return Terminal(**row._asdict())
+
+
+def normalize_token(token: str) -> str:
+    """Upper case without separators, with the look-alikes Crockford's base32 folds (O→0, I/L→1)."""
+    text = "".join(ch for ch in token.upper() if ch not in "- \t")
+    return text.translate(str.maketrans("OIL", "011"))
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(normalize_token(token).encode("ascii", "replace")).hexdigest()
+
+
+def issue_token(storage: Storage, lasdec: str, *, now: datetime, ttl: int) -> str:
+    """A new one-time enrollment token for ``lasdec``, valid ``ttl`` seconds; returned once, stored hashed.
+
+    Raises NotFoundError when the code is not a receiving unit of the master.
+    """
+    municipality = get_municipality(storage, lasdec)
+    if municipality is None:
+        raise NotFoundError(
+            f"{lasdec} is not in the municipality master; check the code (renkei-format lasdec)",
+            code="municipality.unknown",
+        )
+    if not municipality.receiving:
+        raise NotFoundError(
+            f"{lasdec} ({municipality.full_name}, {municipality.kind}) does not receive batches: "
+            "terminals belong to municipalities without wards and to each ward",
+            code="municipality.not_receiving",
+        )
+    raw = "".join(secrets.choice(_ALPHABET) for _ in range(_TOKEN_CHARS))
+    token = "-".join(raw[i : i + 5] for i in range(0, _TOKEN_CHARS, 5))
+    with storage.begin() as conn:
+        conn.execute(
+            enrollment_tokens.insert().values(
+                token_id="tok_" + secrets.token_hex(6),
+                token_hash=_token_hash(token),
+                lasdec=lasdec,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+        )
+    return token
+
+
+def enroll(
+    storage: Storage,
+    token: str,
+    public_key: str,
+    *,
+    now: datetime,
+    agent_version: str | None = None,
+) -> Terminal:
+    """Register a terminal for the token's municipality, using the token up.
+
+    Raises EnrollmentError ``key.invalid``, ``token.invalid``, ``token.used``,
+    ``token.expired`` or ``key.duplicate``; on any error nothing is changed
+    (a refused enrollment does not use the token up).
+    """
+    try:
+        key = statement.public_key_from_text(public_key)
+    except (ValueError, TypeError):
+        raise EnrollmentError(
+            "the public key is not the base64 of a raw 32-byte Ed25519 key", code="key.invalid"
+        ) from None
+    key_text = statement.public_key_to_text(key)
+    key_id = statement.key_id(key)
+    token_hash = _token_hash(token)
+    terminal_id = "t_" + secrets.token_hex(8)
+    try:
+        with storage.begin() as conn:
+            won = conn.execute(
+                enrollment_tokens.update()
+                .where(
+                    enrollment_tokens.c.token_hash == token_hash,
+                    enrollment_tokens.c.used_at.is_(None),
+                    enrollment_tokens.c.expires_at > now,
+                )
+                .values(used_at=now, terminal_id=terminal_id)
+            ).rowcount
+            row = conn.execute(
+                sa.select(enrollment_tokens).where(enrollment_tokens.c.token_hash == token_hash)
+            ).first()
+            if won != 1:
+                if row is None:
+                    raise EnrollmentError("the enrollment token is not valid", code="token.invalid")
+                if row.used_at is not None:
+                    raise EnrollmentError(
+                        "the enrollment token has already been used; ask the operator for a new one",
+                        code="token.used",
+                    )
+                raise EnrollmentError(
+                    "the enrollment token has expired; ask the operator for a new one",
+                    code="token.expired",
+                )
+            conn.execute(
+                terminals.insert().values(
+                    terminal_id=terminal_id,
+                    lasdec=row.lasdec,
+                    public_key=key_text,
+                    key_id=key_id,
+                    enrolled_at=now,
+                    last_seen_at=now,
+                    agent_version=agent_version,
+                )
+            )
+    except IntegrityError:
+        raise EnrollmentError(
+            "this public key is already enrolled; make a new key on the appliance",
+            code="key.duplicate",
+        ) from None
+    found = find_terminal(storage, terminal_id)
+    assert found is not None
+    return found
+
+
+def find_terminal(storage: Storage, terminal_id: str) -> Terminal | None:
+    with storage.read() as conn:
+        row = conn.execute(
+            sa.select(terminals).where(terminals.c.terminal_id == terminal_id)
+        ).first()
+    return _terminal(row) if row is not None else None
+
+
+def find_terminal_by_key_id(storage: Storage, key_id: str) -> Terminal | None:
+    """The terminal whose public key has this key id (revoked ones too: the caller decides)."""
+    with storage.read() as conn:
+        row = conn.execute(sa.select(terminals).where(terminals.c.key_id == key_id)).first()
+    return _terminal(row) if row is not None else None
+
+
+def list_terminals(storage: Storage, lasdec: str | None = None) -> list[Terminal]:
+    query = sa.select(terminals).order_by(terminals.c.lasdec, terminals.c.enrolled_at)
+    if lasdec is not None:
+        query = query.where(terminals.c.lasdec == lasdec)
+    with storage.read() as conn:
+        return [_terminal(row) for row in conn.execute(query)]
+
+
+def revoke_terminal(storage: Storage, terminal_id: str, *, now: datetime) -> bool:
+    """Revoke a terminal; False when there is no such terminal or it was revoked already."""
+    with storage.begin() as conn:
+        return (
+            conn.execute(
+                terminals.update()
+                .where(terminals.c.terminal_id == terminal_id, terminals.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            ).rowcount
+            == 1
+        )
+
+
+def note_contact(
+    storage: Storage,
+    terminal_id: str,
+    *,
+    now: datetime,
+    agent_version: str | None,
+    clock_skew: float | None,
+) -> None:
+    """Record a verified request: last contact, and the agent version and clock skew it reported."""
+    values: dict = {"last_seen_at": now}
+    if agent_version is not None:
+        values["agent_version"] = agent_version[:64]
+    if clock_skew is not None:
+        values["clock_skew"] = float(clock_skew)
+    with storage.begin() as conn:
+        conn.execute(
+            terminals.update().where(terminals.c.terminal_id == terminal_id).values(values)
+        )
+
+
+def remember_nonce(
+    storage: Storage, terminal_id: str, nonce: str, *, now: datetime, keep: int
+) -> bool:
+    """Record a request nonce; False if this terminal used it before (a replay).
+
+    Nonces older than ``keep`` seconds are forgotten: ``keep`` must be at
+    least twice the clock window, so a forgotten nonce is also a stale request.
+    """
+    if len(nonce) > MAX_NONCE:  # keep the key short on every database; equal nonces stay equal
+        nonce = "sha256:" + hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        with storage.begin() as conn:
+            conn.execute(
+                nonces.delete().where(
+                    nonces.c.terminal_id == terminal_id,
+                    nonces.c.seen_at < now - timedelta(seconds=keep),
+                )
+            )
+            conn.execute(nonces.insert().values(terminal_id=terminal_id, nonce=nonce, seen_at=now))
+    except IntegrityError:
+        return False
+    return True
+
+
+def note_auth_failure(storage: Storage, key_id: str, *, now: datetime) -> None:
+    """Count a failed signed request for ``key_id`` (rows older than a day are dropped)."""
+    with storage.begin() as conn:
+        conn.execute(
+            auth_failures.delete().where(auth_failures.c.failed_at < now - AUTH_FAILURE_KEEP)
+        )
+        conn.execute(auth_failures.insert().values(key_id=key_id[:128], failed_at=now))
+
+
+def recent_auth_failures(storage: Storage, key_id: str, *, now: datetime, period: int) -> int:
+    """How many failed requests ``key_id`` made in the last ``period`` seconds."""
+    with storage.read() as conn:
+        return conn.execute(
+            sa.select(sa.func.count())
+            .select_from(auth_failures)
+            .where(
+                auth_failures.c.key_id == key_id[:128],
+                auth_failures.c.failed_at >= now - timedelta(seconds=period),
+            )
+        ).scalar_one()
+
+
+def list_tokens(storage: Storage, lasdec: str | None = None) -> list[dict]:
+    """Issued tokens (never the tokens themselves): id, municipality, times, and who used them."""
+    query = sa.select(
+        enrollment_tokens.c.token_id,
+        enrollment_tokens.c.lasdec,
+        enrollment_tokens.c.created_at,
+        enrollment_tokens.c.expires_at,
+        enrollment_tokens.c.used_at,
+        enrollment_tokens.c.terminal_id,
+    ).order_by(enrollment_tokens.c.created_at)
+    if lasdec is not None:
+        query = query.where(enrollment_tokens.c.lasdec == lasdec)
+    with storage.read() as conn:
+        return [row._asdict() for row in conn.execute(query)]

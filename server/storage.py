@@ -1,0 +1,332 @@
+"""The server's database: schema, migrations and transactions (SQLAlchemy Core 2.x).
+
+One module holds every table so the whole data model reads in one place.  The
+SQL is portable — SQLite (the embedded default) and PostgreSQL run the same
+statements; only the SQLite connection set-up below is SQLite-specific.
+Everything that must happen once is a database constraint, not a check in
+Python: a record id is loaded once (``UNIQUE(record_id)``), a municipality
+gets one batch per business day and one per sequence number, an upload is
+stored once per (municipality, file hash), a nonce is seen once per terminal,
+and a token is used once (``UPDATE … WHERE used_at IS NULL``).
+
+Times are stored as UTC; the column type turns them back into aware UTC
+datetimes on both databases.  Business dates (Japan's calendar day) are plain
+dates.
+
+Migrations are functions recorded in ``schema_migrations``, each applied in
+its own transaction; ``migrate()`` is safe to run again.  The table
+definitions below are the *current* schema; a change to them comes with a new
+migration function that brings an existing database to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "TOKYO",
+    "Storage",
+    "business_day",
+    "iso_utc",
+    "metadata",
+]
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+def business_day(instant: datetime) -> date:
+    """The business date (Japan's calendar day) of an aware instant."""
+    return instant.astimezone(TOKYO).date()
+
+
+def iso_utc(instant: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, to the second: the form every statement and export uses."""
+    return instant.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC datetimes in and out; naive UTC on SQLite, ``timestamptz`` on PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+LASDEC = sa.String(6)
+HASH = sa.String(64)
+ID = sa.String(64)
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+municipalities = sa.Table(
+    "municipalities",
+    metadata,
+    sa.Column("lasdec", LASDEC, primary_key=True),
+    sa.Column("prefecture", sa.String(10), nullable=False),
+    sa.Column("name", sa.String(60), nullable=False),
+    sa.Column("kana", sa.String(120), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("parent", LASDEC, nullable=True),
+    # True for the units that receive batches and upload notices: every
+    # municipality without designated-city wards, and each such ward.
+    sa.Column("receiving", sa.Boolean, nullable=False),
+    sa.Column("in_master", sa.Boolean, nullable=False),
+)
+
+imports = sa.Table(
+    "imports",
+    metadata,
+    sa.Column("import_id", ID, primary_key=True),
+    sa.Column("file_name", sa.String(500), nullable=False),
+    sa.Column("sha256", HASH, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("business_date", sa.Date, nullable=False),
+    sa.Column("imported_at", UTCDateTime, nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("loaded", sa.Integer, nullable=False),
+    sa.Column("duplicates", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("report", sa.Text, nullable=False),  # JSON: the ImportResult
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("batch_id", ID, primary_key=True),
+    sa.Column("lasdec", LASDEC, sa.ForeignKey("municipalities.lasdec"), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("business_date", sa.Date, nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("sha256", HASH, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),  # JSON: the signed statement
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("first_downloaded_at", UTCDateTime, nullable=True),
+    sa.Column("acknowledged_at", UTCDateTime, nullable=True),
+    sa.Column("acknowledged_by", ID, nullable=True),
+    sa.UniqueConstraint("lasdec", "sequence", name="uq_batches_lasdec_sequence"),
+    sa.UniqueConstraint("lasdec", "business_date", name="uq_batches_lasdec_business_date"),
+)
+
+notices = sa.Table(
+    "notices",
+    metadata,
+    sa.Column("notice_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("record_id", ID, nullable=False),
+    sa.Column("lasdec", LASDEC, sa.ForeignKey("municipalities.lasdec"), nullable=False),
+    sa.Column("pattern", sa.String(4), nullable=False),
+    sa.Column("business_date", sa.Date, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),  # JSON: the decoded Unicode record delivered
+    sa.Column("content_hash", HASH, nullable=False),
+    sa.Column("substitutions", sa.Text, nullable=True),  # JSON list, when degenerated
+    sa.Column("import_id", ID, sa.ForeignKey("imports.import_id"), nullable=False),
+    sa.Column("imported_at", UTCDateTime, nullable=False),
+    sa.Column("batch_id", ID, sa.ForeignKey("batches.batch_id"), nullable=True),
+    sa.UniqueConstraint("record_id", name="uq_notices_record_id"),
+)
+sa.Index("ix_notices_pending", notices.c.batch_id, notices.c.lasdec, notices.c.business_date)
+
+enrollment_tokens = sa.Table(
+    "enrollment_tokens",
+    metadata,
+    sa.Column("token_id", ID, primary_key=True),
+    sa.Column("token_hash", HASH, nullable=False, unique=True),
+    sa.Column("lasdec", LASDEC, sa.ForeignKey("municipalities.lasdec"), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime, nullable=True),
+    sa.Column("terminal_id", ID, nullable=True),
+)
+
+terminals = sa.Table(
+    "terminals",
+    metadata,
+    sa.Column("terminal_id", ID, primary_key=True),
+    sa.Column("lasdec", LASDEC, sa.ForeignKey("municipalities.lasdec"), nullable=False),
+    sa.Column("public_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("enrolled_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("last_seen_at", UTCDateTime, nullable=True),
+    sa.Column("agent_version", sa.String(64), nullable=True),
+    sa.Column("clock_skew", sa.Float, nullable=True),
+)
+sa.Index("ix_terminals_lasdec", terminals.c.lasdec)
+
+nonces = sa.Table(
+    "nonces",
+    metadata,
+    sa.Column("terminal_id", ID, primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_nonces_seen_at", nonces.c.seen_at)
+
+auth_failures = sa.Table(
+    "auth_failures",
+    metadata,
+    sa.Column("failure_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.String(128), nullable=False),
+    sa.Column("failed_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_auth_failures_key", auth_failures.c.key_id, auth_failures.c.failed_at)
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("upload_id", ID, primary_key=True),
+    sa.Column("lasdec", LASDEC, sa.ForeignKey("municipalities.lasdec"), nullable=False),
+    sa.Column("terminal_id", ID, nullable=False),
+    sa.Column("file_name", sa.String(500), nullable=False),
+    sa.Column("sha256", HASH, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("accepted", sa.Integer, nullable=False),
+    sa.Column("duplicates", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("file_error", sa.String(64), nullable=True),  # the file error's code
+    sa.Column("receipt", sa.Text, nullable=False),  # JSON: the signed statement
+    sa.UniqueConstraint("lasdec", "sha256", name="uq_uploads_lasdec_sha256"),
+)
+sa.Index("ix_uploads_received_at", uploads.c.received_at)
+
+received_notices = sa.Table(
+    "received_notices",
+    metadata,
+    sa.Column("received_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("lasdec", LASDEC, sa.ForeignKey("municipalities.lasdec"), nullable=False),
+    sa.Column("record_id", ID, nullable=False),
+    sa.Column("pattern", sa.String(4), nullable=False),
+    sa.Column("upload_id", ID, sa.ForeignKey("uploads.upload_id"), nullable=False),
+    sa.Column("record", sa.Text, nullable=False),  # JSON: the decoded Unicode record
+    sa.Column("content_hash", HASH, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("lasdec", "record_id", name="uq_received_lasdec_record_id"),
+)
+sa.Index("ix_received_notices_received_at", received_notices.c.received_at)
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def _m001_initial(conn: Connection) -> None:
+    """The first schema: every table above."""
+    metadata.create_all(
+        conn, tables=[t for t in metadata.sorted_tables if t is not schema_migrations]
+    )
+
+
+#: (version, name, function); append only, never edit an applied one.
+MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
+    (1, "initial", _m001_initial),
+)
+
+
+# --- the storage object -------------------------------------------------------------------------
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """SQLite pragmas, and transactions SQLAlchemy controls (BEGIN IMMEDIATE for writes).
+
+    Python's sqlite3 module starts transactions lazily, which lets two writers
+    both read and then fail to upgrade; taking the write lock at BEGIN makes
+    concurrent writers queue on ``busy_timeout`` instead.  Read-only work uses
+    :meth:`Storage.read`, a deferred transaction that never blocks writers in
+    WAL mode.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # autocommit: we send BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Storage:
+    """The database behind one URL.  Create one per process; :meth:`dispose` after a fork."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = sa.create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_setup(self.engine)
+        self._reader = self.engine.execution_options(sqlite_begin="DEFERRED")
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied; return their names (empty when up to date)."""
+        with self.begin() as conn:
+            schema_migrations.create(conn, checkfirst=True)
+        applied: list[str] = []
+        for version, name, function in MIGRATIONS:
+            with self.begin() as conn:
+                done = conn.execute(
+                    sa.select(schema_migrations.c.version).where(
+                        schema_migrations.c.version == version
+                    )
+                ).first()
+                if done is not None:
+                    continue
+                function(conn)
+                conn.execute(
+                    schema_migrations.insert().values(
+                        version=version, name=name, applied_at=datetime.now(UTC)
+                    )
+                )
+                applied.append(f"{version:03d}_{name}")
+        return applied
+
+    def schema_version(self) -> int:
+        """The highest applied migration, 0 for an empty database."""
+        with self.read() as conn:
+            if not sa.inspect(conn).has_table("schema_migrations"):
+                return 0
+            return conn.execute(sa.select(sa.func.max(schema_migrations.c.version))).scalar() or 0
+
+    def begin(self) -> contextlib.AbstractContextManager[Connection]:
+        """One read-write transaction: committed on a clean exit, rolled back on an exception."""
+        return self.engine.begin()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One read-only transaction (a consistent snapshot that does not take the write lock)."""
+        with self._reader.begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()

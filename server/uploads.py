@@ -1,0 +1,237 @@
+"""Receiving a municipality notice file (市町村通知) from a terminal, and its signed receipt.
+
+The HTTP layer hands over the uploaded bytes and the verified terminal.  The
+file is read as a notice file in Juki code; every record is validated (every
+problem reported); accepted records are stored decoded to Unicode with their
+municipality and upload.  A record id this municipality sent before is a
+duplicate when the content is the same (listed, not stored again) and a
+conflict (``record.conflict``, rejected) when it differs.  A file that cannot
+be read as a whole (truncated, wrong header, too many records) gets a receipt
+with ``file_error`` and nothing is stored.  The receipt is a statement signed
+by the server key, so the municipality can later prove what was accepted.
+
+Uploads are idempotent by (municipality, SHA-256 of the bytes): sending the
+same file again returns the stored receipt and stores nothing.  The original
+bytes are always kept in the blob store.  Everything is one transaction; a
+race between two identical uploads is settled by ``UNIQUE(lasdec, sha256)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+from datetime import datetime
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from common import statement
+from common.errors import NoticeFileError
+from common.items import MUNICIPALITY
+from common.noticefile import FORMAT_TAGS, RowError, read_notice_file
+from common.records import Record
+from common.validation import validate
+
+from .blobs import BlobStore
+from .enrollment import Terminal
+from .errors import UploadError
+from .ingest import conflict_problem, file_error_json, record_content, row_error_entry
+from .storage import Storage, iso_utc, received_notices, uploads
+
+__all__ = ["RECEIPT_TYPE", "get_receipt", "receive_upload"]
+
+RECEIPT_TYPE = "municipality-receipt"
+_CHUNK = 500
+
+
+def _stored_receipt(conn: Connection, lasdec: str, sha256: str) -> dict | None:
+    text = conn.execute(
+        sa.select(uploads.c.receipt).where(uploads.c.lasdec == lasdec, uploads.c.sha256 == sha256)
+    ).scalar()
+    return json.loads(text) if text is not None else None
+
+
+def _clean_name(file_name: str) -> str:
+    """A file name safe to sign: lone surrogates replaced, at most 255 characters."""
+    return file_name.encode("utf-8", "replace").decode("utf-8")[:255]
+
+
+def _read(
+    data: bytes, file_name: str, max_records: int
+) -> tuple[int, list[tuple[int, Record]], list[dict]]:
+    """(rows read, valid records with their lines, rejected entries).  Raises NoticeFileError."""
+    reader = read_notice_file(io.BytesIO(data), name=file_name)
+    if reader.direction != MUNICIPALITY:
+        raise NoticeFileError(
+            f"this is a {reader.direction} notice file; upload municipality notices "
+            f"({FORMAT_TAGS[MUNICIPALITY]})",
+            message_ja="法務省通知のファイルです。送信できるのは市町村通知のファイルです",
+            code="file.direction",
+            name=file_name,
+            line=1,
+        )
+    rows = 0
+    good: list[tuple[int, Record]] = []
+    rejected: list[dict] = []
+    for row in reader:
+        rows += 1
+        if rows > max_records:
+            raise NoticeFileError(
+                f"the file has more than {max_records} records; split it into several files",
+                message_ja=f"レコードが {max_records} 件を超えています。ファイルを分けて送ってください",
+                code="file.too_many_records",
+                name=file_name,
+                line=reader.stats.lines,
+            )
+        if isinstance(row, RowError):
+            rejected.append(row_error_entry(row))
+            continue
+        problems = validate(row, check_encoding=False)
+        if problems:
+            rejected.append(
+                {
+                    "line": reader.stats.lines,
+                    "record_id": row.record_id or None,
+                    "problems": [p.to_json() for p in problems],
+                }
+            )
+        else:
+            good.append((reader.stats.lines, row))
+    return rows, good, rejected
+
+
+def _previous(conn: Connection, lasdec: str, ids: list[str]) -> dict[str, str]:
+    """record id -> content hash of records this municipality sent before."""
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        query = sa.select(received_notices.c.record_id, received_notices.c.content_hash).where(
+            received_notices.c.lasdec == lasdec,
+            received_notices.c.record_id.in_(ids[start : start + _CHUNK]),
+        )
+        found.update((record_id, content_hash) for record_id, content_hash in conn.execute(query))
+    return found
+
+
+def receive_upload(
+    storage: Storage,
+    blobs: BlobStore,
+    signing_key: Ed25519PrivateKey,
+    terminal: Terminal,
+    data: bytes,
+    *,
+    file_name: str,
+    now: datetime,
+    max_records: int,
+) -> tuple[dict, bool]:
+    """Process one uploaded file; return (signed receipt, whether this call created it).
+
+    Raises UploadError ``upload.concurrent`` in the rare case that another
+    upload stored some of the same records at the same moment (send again).
+    """
+    lasdec = terminal.lasdec
+    sha256 = hashlib.sha256(data).hexdigest()
+    with storage.read() as conn:
+        stored = _stored_receipt(conn, lasdec, sha256)
+    if stored is not None:
+        return stored, False
+    blobs.put(data)
+    file_name = _clean_name(file_name)
+    file_error: dict | None = None
+    try:
+        rows, good, rejected = _read(data, file_name, max_records)
+    except NoticeFileError as exc:
+        rows, good, rejected, file_error = 0, [], [], file_error_json(exc)
+    upload_id = "up_" + secrets.token_hex(8)
+    try:
+        with storage.begin() as conn:
+            previous = _previous(conn, lasdec, [record.record_id for _, record in good])
+            accepted: list[str] = []
+            duplicates: list[str] = []
+            new_rows: list[dict] = []
+            for line, record in good:
+                text, content_hash = record_content(record)
+                before = previous.get(record.record_id)
+                if before is None:
+                    accepted.append(record.record_id)
+                    new_rows.append(
+                        {
+                            "lasdec": lasdec,
+                            "record_id": record.record_id,
+                            "pattern": record.pattern,
+                            "upload_id": upload_id,
+                            "record": text,
+                            "content_hash": content_hash,
+                            "received_at": now,
+                        }
+                    )
+                elif before == content_hash:
+                    duplicates.append(record.record_id)
+                else:
+                    rejected.append(
+                        {
+                            "line": line,
+                            "record_id": record.record_id,
+                            "problems": [conflict_problem(record.record_id, "以前の送信で")],
+                        }
+                    )
+            rejected.sort(key=lambda entry: entry["line"] or 0)
+            body = {
+                "type": RECEIPT_TYPE,
+                "upload_id": upload_id,
+                "lasdec": lasdec,
+                "terminal_id": terminal.terminal_id,
+                "file_name": file_name,
+                "sha256": sha256,
+                "size": len(data),
+                "received_at": iso_utc(now),
+                "records": rows,
+                "accepted": accepted,
+                "duplicates": duplicates,
+                "rejected": rejected,
+                "file_error": file_error,
+            }
+            receipt = statement.sign(body, signing_key)
+            conn.execute(
+                uploads.insert().values(
+                    upload_id=upload_id,
+                    lasdec=lasdec,
+                    terminal_id=terminal.terminal_id,
+                    file_name=file_name,
+                    sha256=sha256,
+                    size=len(data),
+                    received_at=now,
+                    records=rows,
+                    accepted=len(accepted),
+                    duplicates=len(duplicates),
+                    rejected=len(rejected),
+                    file_error=file_error["code"] if file_error else None,
+                    receipt=json.dumps(receipt, ensure_ascii=False, separators=(",", ":")),
+                )
+            )
+            if new_rows:
+                conn.execute(received_notices.insert(), new_rows)
+    except IntegrityError:
+        with storage.read() as conn:
+            stored = _stored_receipt(conn, lasdec, sha256)
+        if stored is not None:
+            return stored, False
+        raise UploadError(
+            "another upload stored some of these records at the same moment; send the file again",
+            code="upload.concurrent",
+        ) from None
+    return receipt, True
+
+
+def get_receipt(storage: Storage, lasdec: str, upload_id: str) -> dict | None:
+    """The signed receipt of an upload, or None if there is none with this id for this municipality."""
+    with storage.read() as conn:
+        text = conn.execute(
+            sa.select(uploads.c.receipt).where(
+                uploads.c.upload_id == upload_id, uploads.c.lasdec == lasdec
+            )
+        ).scalar()
+    return json.loads(text) if text is not None else None

@@ -1,0 +1,296 @@
+"""Fixtures for the server tests: real SQLite files in tmp_path, real keys, real blobs.
+
+The core's fixtures are named ``core_*``.  Building the schema and loading the
+~1,960-row municipality master takes a few tenths of a second, so it is done
+once per session into a template database that each test copies.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common import statement
+from common.items import MINISTRY, MUNICIPALITY
+from common.noticefile import encode_notice_file, records_to_jsonl
+from common.records import Record
+from common.synthetic import SampleFactory
+from server.blobs import BlobStore
+from server.config import ServerConfig, load_config
+from server.enrollment import Terminal, enroll, issue_token
+from server.municipalities import load_master
+from server.storage import Storage
+
+#: 2026-11-27 18:00 in Japan: after business hours, the business date is 2026-11-27.
+CORE_NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+CHIYODA = "131016"  # 東京都千代田区: a special ward, a receiving unit
+SAPPORO_CHUO = "011011"  # 札幌市中央区: a ward of a designated city
+SAPPORO = "011002"  # 札幌市: a designated city, not a receiving unit
+HOKKAIDO = "010006"  # a prefecture
+
+
+@pytest.fixture(scope="session")
+def core_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated database with the municipality master loaded, copied by ``core_storage``."""
+    path = tmp_path_factory.mktemp("template") / "renkei.sqlite3"
+    storage = Storage(f"sqlite:///{path}")
+    storage.migrate()
+    load_master(storage)
+    storage.dispose()
+    return path
+
+
+@pytest.fixture
+def core_config(tmp_path: Path, core_template_db: Path) -> ServerConfig:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(core_template_db, data_dir / "renkei.sqlite3")
+    return load_config(env={}, data_dir=data_dir)
+
+
+@pytest.fixture
+def core_storage(core_config: ServerConfig) -> Iterable[Storage]:
+    storage = Storage(core_config.database_url)
+    yield storage
+    storage.dispose()
+
+
+@pytest.fixture
+def core_blobs(core_config: ServerConfig) -> BlobStore:
+    return BlobStore(core_config.blob_dir)
+
+
+@pytest.fixture(scope="session")
+def core_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def core_now() -> datetime:
+    return CORE_NOW
+
+
+@pytest.fixture
+def core_samples() -> SampleFactory:
+    return SampleFactory(seed=7)
+
+
+def ministry_jsonl(records: Iterable[Record]) -> bytes:
+    out = io.StringIO()
+    records_to_jsonl(MINISTRY, records, out)
+    return out.getvalue().encode("utf-8")
+
+
+@pytest.fixture
+def core_jsonl() -> Callable[[Iterable[Record]], bytes]:
+    """Ministry notices as the issuance system's UTF-8 JSON Lines."""
+    return ministry_jsonl
+
+
+@pytest.fixture
+def core_juki() -> Callable[[Iterable[Record]], bytes]:
+    """Municipality notices as a notice file in Juki code (what a terminal uploads)."""
+    return lambda records: encode_notice_file(MUNICIPALITY, records)
+
+
+@pytest.fixture
+def core_enroll(core_storage: Storage) -> Callable[..., tuple[Terminal, Ed25519PrivateKey]]:
+    """Enroll a fresh terminal key for a municipality; returns (terminal, private key)."""
+
+    def make(lasdec: str = CHIYODA, *, now: datetime = CORE_NOW - timedelta(days=1)):
+        key = Ed25519PrivateKey.generate()
+        token = issue_token(core_storage, lasdec, now=now, ttl=3600)
+        public = statement.public_key_to_text(key.public_key())
+        return enroll(core_storage, token, public, now=now, agent_version="1.0.0"), key
+
+    return make
+
+
+# ================================================================================================
+# HTTP layer fixtures (server/app.py, server/api/, server/auth.py) — named ``api_*``.
+# A small municipality master (three receiving units) keeps close-day cheap; the
+# Flask test client signs requests exactly as a terminal does, with a clock the
+# test moves.
+# ================================================================================================
+
+import json  # noqa: E402
+
+from common.httpsig import new_nonce, sign_request  # noqa: E402
+from server.app import create_app  # noqa: E402
+from server.closeday import close_day  # noqa: E402
+from server.ingest import import_notices  # noqa: E402
+from server.keys import load_or_create_signing_key  # noqa: E402
+from server.municipalities import shipped_master  # noqa: E402
+from server.storage import business_day  # noqa: E402
+from server.tls import make_dev_ca, make_server_cert  # noqa: E402
+
+API_BASE = "https://renkei.test"
+API_A = "131016"  # 東京都千代田区
+API_B = "131024"  # 東京都中央区
+API_C = "131032"  # 東京都港区
+API_MASTER = ("130001", API_A, API_B, API_C)
+
+
+class ApiClock:
+    """A clock the test moves; aware UTC."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def api_init_data(data_dir: Path, *, tls: bool = False, **overrides) -> ServerConfig:
+    """What ``renkei-server init`` makes, with the small master: database, signing key, TLS."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if tls:
+        ca_cert, ca_key = make_dev_ca(data_dir / "tls")
+        make_server_cert(data_dir / "tls", ca_cert, ca_key)
+    config = load_config(env={}, data_dir=data_dir, **overrides)
+    config.blob_dir.mkdir(exist_ok=True)
+    storage = Storage(config.database_url)
+    storage.migrate()
+    load_master(storage, [m for m in shipped_master() if m.code in API_MASTER])
+    storage.dispose()
+    load_or_create_signing_key(config.signing_key_path)
+    return config
+
+
+def api_enroll(storage: Storage, lasdec: str, now: datetime) -> tuple[Terminal, Ed25519PrivateKey]:
+    key = Ed25519PrivateKey.generate()
+    token = issue_token(storage, lasdec, now=now, ttl=3600)
+    terminal = enroll(storage, token, statement.public_key_to_text(key.public_key()), now=now)
+    return terminal, key
+
+
+def api_publish(
+    storage: Storage,
+    blobs: BlobStore,
+    key: Ed25519PrivateKey,
+    now: datetime,
+    counts: dict[str, int],
+    *,
+    seed: int = 11,
+) -> None:
+    """Import ``counts[lasdec]`` ministry notices for the business day of ``now``, then close it."""
+    day = business_day(now)
+    samples = SampleFactory(seed=seed, day=day)
+    records = [r for code, n in counts.items() for r in samples.day_of(MINISTRY, code, n)]
+    result = import_notices(
+        storage, ministry_jsonl(records), file_name="day.jsonl", business_date=day, now=now
+    )
+    assert result.ok, result.to_json()
+    close_day(storage, blobs, key, day, now=now)
+
+
+def api_municipality_file(lasdec: str, count: int, *, seed: int = 5) -> bytes:
+    return encode_notice_file(
+        MUNICIPALITY, SampleFactory(seed=seed).day_of(MUNICIPALITY, lasdec, count)
+    )
+
+
+class ApiTester:
+    """The Flask test client, signing like a terminal (``as_terminal``) or not at all."""
+
+    def __init__(self, app, clock: ApiClock):  # type: ignore[no-untyped-def]
+        self.app = app
+        self.client = app.test_client()
+        self.clock = clock
+        self.key: Ed25519PrivateKey | None = None
+        self.key_id: str | None = None
+
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        return self.app.extensions["renkei"]
+
+    def as_terminal(self, key: Ed25519PrivateKey, key_id: str) -> ApiTester:
+        other = ApiTester.__new__(ApiTester)
+        other.__dict__.update(self.__dict__, key=key, key_id=key_id)
+        return other
+
+    def signed_headers(self, method: str, path: str, body: bytes = b"", **options) -> dict:
+        created = options.get("created")
+        return sign_request(
+            method,
+            API_BASE + path,
+            {},
+            body,
+            key_id=options.get("key_id") or self.key_id,
+            private_key=options.get("key") or self.key,
+            created=int(self.clock().timestamp()) if created is None else created,
+            nonce=options.get("nonce") or new_nonce(),
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        *,
+        sign: bool | None = None,
+        headers: dict | None = None,
+        **options,
+    ):  # type: ignore[no-untyped-def]
+        """Signed when this tester has a key (or ``key=`` is given), unless ``sign=False``."""
+        sent = {"Renkei-Agent-Version": "agent/2.1.0", **(headers or {})}
+        if sign is None:
+            sign = (options.get("key") or self.key) is not None
+        if sign:
+            sent.update(self.signed_headers(method, path, body, **options))
+        return self.client.open(path, method=method, data=body, headers=sent, base_url=API_BASE)
+
+    def get(self, path: str, **kwargs):  # type: ignore[no-untyped-def]
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: bytes = b"", **kwargs):  # type: ignore[no-untyped-def]
+        return self.request("POST", path, body, **kwargs)
+
+    def post_json(self, path: str, document, **kwargs):  # type: ignore[no-untyped-def]
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        body = json.dumps(document).encode("utf-8")
+        return self.request("POST", path, body, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def api_clock() -> ApiClock:
+    return ApiClock(CORE_NOW)
+
+
+@pytest.fixture
+def api_config(tmp_path: Path) -> ServerConfig:
+    return api_init_data(tmp_path / "srv")
+
+
+@pytest.fixture
+def api_app(api_config: ServerConfig, api_clock: ApiClock):  # type: ignore[no-untyped-def]
+    app = create_app(api_config, clock=api_clock)
+    app.testing = True
+    yield app
+    app.extensions["renkei"].storage.dispose()
+
+
+@pytest.fixture
+def api(api_app, api_clock: ApiClock) -> ApiTester:  # type: ignore[no-untyped-def]
+    """An unsigned tester; ``api.as_terminal(key, terminal_id)`` for a signing one."""
+    return ApiTester(api_app, api_clock)
+
+
+@pytest.fixture
+def api_terminal(api: ApiTester) -> Callable[[str], tuple[Terminal, ApiTester]]:
+    """Enroll a terminal for a municipality; returns it with a tester signing as it."""
+
+    def make(lasdec: str = API_A) -> tuple[Terminal, ApiTester]:
+        terminal, key = api_enroll(api.services.storage, lasdec, api.clock() - timedelta(hours=1))
+        return terminal, api.as_terminal(key, terminal.terminal_id)
+
+    return make
