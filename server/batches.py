@@ -36,6 +36,7 @@ class Batch:
     first_downloaded_at: datetime | None
     acknowledged_at: datetime | None
     acknowledged_by: str | None
+    purged_at: datetime | None = None  # the file was removed after retention (server.retention)
 
     @property
     def pending(self) -> bool:
@@ -57,6 +58,7 @@ class Batch:
             "first_downloaded_at": when(self.first_downloaded_at),
             "acknowledged_at": when(self.acknowledged_at),
             "acknowledged_by": self.acknowledged_by,
+            "purged_at": when(self.purged_at),
         }
 
 

@@ -37,6 +37,7 @@ from .export import export_received
 from .ingest import import_notices
 from .keys import load_or_create_signing_key, load_signing_key
 from .municipalities import get_municipality, load_master
+from .retention import purge
 from .status import server_status
 from .storage import TOKYO, Storage, business_day, iso_utc
 
@@ -545,6 +546,50 @@ def export_command(config_path: Path | None, since: str | None, output: str | No
 
 def _utf8(sink: Any) -> io.TextIOWrapper:
     return io.TextIOWrapper(sink, encoding="utf-8", newline="\n", write_through=True)
+
+
+# --- purge ---------------------------------------------------------------------------------------
+
+
+@main.command("purge")
+@config_option
+@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@json_option
+def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Remove batch files and uploaded originals older than retention_days; keep their rows.
+
+    A file goes only when every batch or upload that refers to it is past the
+    retention period and, for batches, acknowledged; an unacknowledged batch is
+    never removed (it is listed).  Manifests and receipts stay, and a download
+    of a removed batch answers 410.  Safe to run again: it finishes a run that
+    was interrupted.  Exit 0 done, 1 some files could not be deleted (run
+    again), 2 usage, configuration or database error.
+
+    \b
+    Example:
+      renkei-server purge --dry-run
+      renkei-server purge --json | jq .bytes_removed
+    """
+    config = _config(config_path)
+    storage = _storage(config)
+    try:
+        result = purge(
+            storage,
+            BlobStore(config.blob_dir),
+            now=_now(),
+            retention_days=config.retention_days,
+            dry_run=dry_run,
+        )
+    except SQLAlchemyError as exc:
+        raise Failure(f"the database {config.database_url} failed: {exc}") from None
+    finally:
+        storage.dispose()
+    if as_json:
+        _echo_json(result.to_json())
+    else:
+        for line in result.text_lines():
+            click.echo(line)
+    sys.exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
 # --- keys, serve ---------------------------------------------------------------------------------

@@ -130,9 +130,15 @@ batches = sa.Table(
     sa.Column("first_downloaded_at", UTCDateTime, nullable=True),
     sa.Column("acknowledged_at", UTCDateTime, nullable=True),
     sa.Column("acknowledged_by", ID, nullable=True),
+    # Set when the batch file was removed from the blob store after the
+    # retention period (server.retention); the row and its manifest stay.
+    sa.Column("purged_at", UTCDateTime, nullable=True),
     sa.UniqueConstraint("lasdec", "sequence", name="uq_batches_lasdec_sequence"),
     sa.UniqueConstraint("lasdec", "business_date", name="uq_batches_lasdec_business_date"),
 )
+# Blobs are shared (every empty batch is the same file): retention counts references by hash.
+sa.Index("ix_batches_sha256", batches.c.sha256)
+sa.Index("ix_batches_created_at", batches.c.created_at)
 
 notices = sa.Table(
     "notices",
@@ -213,9 +219,12 @@ uploads = sa.Table(
     sa.Column("rejected", sa.Integer, nullable=False),
     sa.Column("file_error", sa.String(64), nullable=True),  # the file error's code
     sa.Column("receipt", sa.Text, nullable=False),  # JSON: the signed statement
+    # Set when the uploaded original was removed after the retention period; the receipt stays.
+    sa.Column("purged_at", UTCDateTime, nullable=True),
     sa.UniqueConstraint("lasdec", "sha256", name="uq_uploads_lasdec_sha256"),
 )
 sa.Index("ix_uploads_received_at", uploads.c.received_at)
+sa.Index("ix_uploads_sha256", uploads.c.sha256)
 
 received_notices = sa.Table(
     "received_notices",
@@ -243,9 +252,33 @@ def _m001_initial(conn: Connection) -> None:
     )
 
 
+def _m002_retention(conn: Connection) -> None:
+    """``purged_at`` on batches and uploads, and indexes to count a blob's references.
+
+    Migration 1 creates the *current* tables, so on a database made by it
+    these already exist: each step checks first and adds only what is missing.
+    ``ALTER TABLE … ADD COLUMN`` of a nullable column is the form SQLite and
+    PostgreSQL both accept.
+    """
+    inspector = sa.inspect(conn)
+    for table in (batches, uploads):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        if "purged_at" not in present:
+            kind = table.c.purged_at.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN purged_at {kind}")
+    for table, names in (
+        (batches, ("ix_batches_sha256", "ix_batches_created_at")),
+        (uploads, ("ix_uploads_sha256",)),
+    ):
+        for index in table.indexes:
+            if index.name in names:
+                index.create(conn, checkfirst=True)
+
+
 #: (version, name, function); append only, never edit an applied one.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "initial", _m001_initial),
+    (2, "retention", _m002_retention),
 )
 
 

@@ -138,7 +138,6 @@ def receive_upload(
         stored = _stored_receipt(conn, lasdec, sha256)
     if stored is not None:
         return stored, False
-    blobs.put(data)
     file_name = _clean_name(file_name)
     file_error: dict | None = None
     try:
@@ -148,6 +147,9 @@ def receive_upload(
     upload_id = "up_" + secrets.token_hex(8)
     try:
         with storage.begin() as conn:
+            # Stored inside the write transaction, so a purge (which re-checks references in its
+            # own write transaction) can never delete the file this new row will point to.
+            blobs.put(data)
             previous = _previous(conn, lasdec, [record.record_id for _, record in good])
             accepted: list[str] = []
             duplicates: list[str] = []

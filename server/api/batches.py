@@ -4,7 +4,8 @@
   for the manual re-fetch);
 * ``GET /api/v1/batches/<id>`` — the file, resumable: ``Range`` /
   ``If-Range`` against the strong ETag, which is the file's SHA-256, and the
-  whole file's digest in ``Repr-Digest`` (RFC 9530);
+  whole file's digest in ``Repr-Digest`` (RFC 9530); ``410 batch.purged``
+  once the file was removed after the retention period (server.retention);
 * ``GET /api/v1/batches/<id>/manifest`` — the statement the server signed
   for it (batch id, sequence, date, record count, SHA-256, size);
 * ``POST /api/v1/batches/<id>/ack`` ``{"sha256"}`` — the terminal has the
@@ -29,6 +30,7 @@ from server.api import API_PREFIX, ApiError, json_body, limit_json_body, text_fi
 from server.app import services
 from server.auth import authenticate
 from server.batches import Batch, acknowledge, get_batch, list_batches, note_download
+from server.storage import iso_utc
 
 bp = Blueprint("batches", __name__, url_prefix=f"{API_PREFIX}/batches")
 bp.before_request(limit_json_body)
@@ -67,6 +69,15 @@ def index():
 def download(batch_id: str):
     ctx = services()
     batch = _batch(batch_id)
+    if batch.purged_at is not None:
+        raise ApiError(
+            410,
+            "batch.purged",
+            f"the file of batch {batch.batch_id} was removed on {iso_utc(batch.purged_at)} after "
+            "the retention period (it was acknowledged on "
+            f"{iso_utc(batch.acknowledged_at) if batch.acknowledged_at else '-'}); "
+            "its signed manifest is still available",
+        )
     path = ctx.blobs.path(batch.sha256)
     if not path.is_file():
         _log.error("batch %s: blob %s is missing", batch.batch_id, batch.sha256)
