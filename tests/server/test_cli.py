@@ -72,7 +72,10 @@ def test_init_is_safe_to_repeat(cli, env, ready):
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     key = load_signing_key(key_path)
     assert ready["key_id"] == statement.key_id(key.public_key())
-    assert ready["signing_key_created"] and ready["migrations_applied"] == ["001_initial", "002_retention"]
+    assert ready["signing_key_created"] and ready["migrations_applied"] == [
+        "001_initial",
+        "002_retention",
+    ]
     assert ready["municipalities"]["added"] > 1900
     again = cli("init")
     assert ready["key_id"] in again.stdout and "既存の鍵" in again.stdout
