@@ -6,7 +6,12 @@ figures with a target are ratios juki/utf-16-be of throughput (target ≥ 0.5):
 
 * ``encode`` / ``decode``: one call over the whole text;
 * ``stream_read`` / ``stream_write``: through ``io.TextIOWrapper`` line by
-  line, as the notice-file reader and writer use it.
+  line, as the notice-file reader and writer use it;
+* ``encode_variants`` / ``decode_variants``: one call over the same kind of
+  text where some surnames need a variation sequence or an astral kanji
+  (辻 + U+E0103, 𠮷), which the C runs hand back to Python one by one
+  (utf-16-be is slower here too: its output or input is then UCS-4 /
+  surrogate pairs, off its fast path).
 
 Each figure is measured twice: with the scanner the codec uses here
 (``scanner``: "c" when the ``common.juki._scan`` extension is built) and with
@@ -35,15 +40,21 @@ LATIN = "NGUYEN VAN AN|TRAN THI MAI|LI WEI|KIM MIN JUN|SANTOS MARIA|SILVA JOAO|W
     "|"
 )
 PLACES = "東京都千代田区霞が関 大阪府大阪市北区梅田 愛知県名古屋市中区栄 福岡県福岡市博多区博多駅前 北海道札幌市中央区北一条西 神奈川県横浜市中区山下町 京都府京都市左京区吉田本町 広島県広島市中区基町".split()
+# Spellings whose code is not one unit <-> one BMP character (canonical, so they round-trip).
+VARIANT_SURNAMES = ["辻\U000e0103", "𠮷田", "樹\U000e0101下"]
 NATIONS = "中国 韓国 ベトナム フィリピン ブラジル ネパール インドネシア 米国".split()
 
 
-def realistic_text(lines: int = 20_000, seed: int = 7) -> str:
-    """Notice-like CSV text: mostly identity-mapped, a few table-mapped kanji."""
+def realistic_text(lines: int = 20_000, seed: int = 7, variants: bool = False) -> str:
+    """Notice-like CSV text: mostly identity-mapped, a few table-mapped kanji.
+
+    With ``variants``, about one line in 13 has a surname from ``VARIANT_SURNAMES``.
+    """
     rnd = random.Random(seed)
+    surnames = SURNAMES + VARIANT_SURNAMES if variants else SURNAMES
     out = []
     for i in range(lines):
-        kanji = rnd.choice(SURNAMES) + "　" + rnd.choice(GIVEN)
+        kanji = rnd.choice(surnames) + "　" + rnd.choice(GIVEN)
         out.append(
             ",".join(
                 (
@@ -112,6 +123,12 @@ def run(lines: int = 20_000) -> dict:
     mb = len(data) / 1e6
     base_data = text.encode("utf-16-be")
     split = text.splitlines(keepends=True)
+    mixed = realistic_text(lines, variants=True)
+    mixed_data = juki.encode(mixed)
+    if mixed_data.decode("juki") != mixed:
+        raise AssertionError("benchmark text with variants does not round-trip")
+    mixed_base = mixed.encode("utf-16-be", "surrogatepass")
+    mixed_mb = len(mixed_data) / 1e6
     juki.encode("")  # load the tables outside the timings
     figures = {
         "encode": _pair(mb, lambda: text.encode("juki"), lambda: text.encode("utf-16-be")),
@@ -125,6 +142,14 @@ def run(lines: int = 20_000) -> dict:
             mb,
             lambda: _stream_write(split, "juki"),
             lambda: _stream_write(split, "utf-16-be"),
+        ),
+        "encode_variants": _pair(
+            mixed_mb, lambda: mixed.encode("juki"), lambda: mixed.encode("utf-16-be")
+        ),
+        "decode_variants": _pair(
+            mixed_mb,
+            lambda: mixed_data.decode("juki"),
+            lambda: mixed_base.decode("utf-16-be"),
         ),
     }
     figures["text"] = {

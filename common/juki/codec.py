@@ -12,8 +12,11 @@ Two scanners give the same answers (``Scanner``): the optional C extension
 built, one compiled regex character class per direction (``tables.Tables``).
 The extension exists only for speed: the regex costs ~6 ns per character,
 seven times the utf-16-be codec itself; the C loop, a table lookup per
-character, ~0.4 ns. It only scans — every mapping, error and position rule
-is here, and both scanners run the same code around them.
+character, ~0.4 ns. It also converts the one-for-one runs (``encode_run``,
+``decode_run``: a character with a single-unit code, a unit whose canonical
+spelling is one BMP character) so that table-mapped characters such as 々
+cost no Python splicing; at anything else it hands back to the loops here,
+and every error goes through the same code as with the regex scanner.
 Set ``RENKEI_JUKI_SCANNER=python`` to force the regex (``=c`` to require the
 extension); ``using_scanner`` switches for a block (tests, benchmarks).
 
@@ -30,16 +33,22 @@ from __future__ import annotations
 import codecs
 import contextlib
 import contextvars
-import functools
 import os
-import re
 import typing
 import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from types import EllipsisType
 
-from .tables import VARIATION_SELECTORS, tables
+from .tables import (
+    VARIATION_SELECTORS,
+    Buffer,
+    DecodeRun,
+    EncodeRun,
+    Find,
+    Scanner,
+    scanner,
+    tables,
+)
 
 try:
     from . import _scan
@@ -64,57 +73,6 @@ SCANNER_ENV = "RENKEI_JUKI_SCANNER"
 _utf16_encode = codecs.utf_16_be_encode
 _utf16_decode = codecs.utf_16_be_decode
 _PIECE = 1 << 16  # bytes: see _decode_plain
-
-
-@dataclass(frozen=True)
-class Scanner:
-    """Where the table is needed; the one thing the C extension does.
-
-    ``encode_find(text, start)`` is the index of the first character at or
-    after ``start`` that does not encode to its own code point;
-    ``decode_find(text, start)`` that of the first character of a
-    surrogatepass utf-16-be decoding that is not its own canonical
-    decoding. Both return -1 when there is none, count every character
-    above U+FFFF as a hit, and treat ``start`` as ``re.Pattern.search``
-    does (negative: 0; beyond ``sys.maxsize``: ``OverflowError``).
-    """
-
-    name: str
-    encode_find: Callable[[str, int], int]
-    decode_find: Callable[[str, int], int]
-
-
-def _regex_find(pattern: re.Pattern[str]) -> Callable[[str, int], int]:
-    search = pattern.search
-
-    def find(text: str, start: int) -> int:
-        m = search(text, start)
-        return -1 if m is None else m.start()
-
-    return find
-
-
-@functools.cache
-def scanner(name: str) -> Scanner:
-    """The scanner called ``name``: "c" (the extension) or "python" (regex).
-
-    Built once from the tables; raises ``ValueError`` for "c" when the
-    extension is not built.
-    """
-    t = tables()
-    if name == "python":
-        return Scanner(name, _regex_find(t.encode_scan), _regex_find(t.decode_scan))
-    if name == "c" and _scan is not None:
-        # partial, not a closure: no Python frame per call (one per write
-        # on a TextIOWrapper).
-        return Scanner(
-            name,
-            functools.partial(_scan.find_special_str, t.encode_flags),
-            functools.partial(_scan.find_special_str, t.decode_flags),
-        )
-    if name == "c":
-        raise ValueError("the juki C scanner (common.juki._scan) is not built")
-    raise ValueError(f"unknown juki scanner {name!r} (expected 'c' or 'python')")
 
 
 def _default_scanner() -> str:
@@ -255,14 +213,44 @@ def encode(text: str) -> bytes:
 
 def encode_with(text: str, errors: str = "strict") -> bytes:
     """Encode with a named codecs error handler ("strict" unless asked otherwise)."""
-    find = _scanner().encode_find
-    hit = find(text, 0)
+    return _encode(text, errors, _scanner())
+
+
+def _encode(text: str, errors: str, scan: Scanner) -> bytes:
+    if (run := scan.encode_run) is not None:
+        out, stop = run(text, 0)
+        if stop == len(text):
+            return out
+        return _encode_runs(text, out, stop, run, scan.encode_find, errors)
+    hit = scan.encode_find(text, 0)
     if hit < 0:
         return _utf16_encode(text)[0]
-    return _encode_hits(text, hit, find, errors)
+    return _encode_hits(text, hit, scan.encode_find, errors)
 
 
-def _encode_hits(text: str, hit: int, find: Callable[[str, int], int], errors: str) -> bytes:
+def _encode_runs(
+    text: str, first: bytes, stop: int, run: EncodeRun, find: Find, errors: str
+) -> bytes:
+    """After the first C run: splice each spelling C hands back, run on.
+
+    C stops at a character without a single-unit code, or at the base before
+    a selector, so each stop starts a spelling. A spelling without a code
+    sends the whole text down ``_encode_careful``: errors, positions and
+    handlers are exactly those of the regex scanner.
+    """
+    table = tables().encode
+    out = [first]
+    while stop < len(text):
+        start, end = _spelling_bounds(text, stop, stop)
+        unit = table.get(text[start:end])
+        if unit is None:
+            return _encode_careful(text, errors, find)
+        more, stop = run(text, end)
+        out += (unit, more)
+    return b"".join(out)
+
+
+def _encode_hits(text: str, hit: int, find: Find, errors: str) -> bytes:
     """From the first scanner hit on: splice in each hit's code.
 
     A hit that is a whole spelling on its own (a character whose code is
@@ -283,7 +271,7 @@ def _encode_hits(text: str, hit: int, find: Callable[[str, int], int], errors: s
     return b"".join(out)
 
 
-def _encode_careful(text: str, errors: str, find: Callable[[str, int], int]) -> bytes:
+def _encode_careful(text: str, errors: str, find: Find) -> bytes:
     """Spelling by spelling: variation sequences, error reporting and handlers."""
     table = tables().encode
     out: list[bytes] = []
@@ -347,7 +335,7 @@ def decode(data: bytes) -> str:
 
 
 def decode_chunk(
-    data: bytes | bytearray | memoryview, errors: str, *, final: bool, offset: int | None = 0
+    data: Buffer, errors: str, *, final: bool, offset: int | None = 0
 ) -> tuple[str, int]:
     """Decode a chunk; return (text, bytes consumed).
 
@@ -355,10 +343,50 @@ def decode_chunk(
     chunk. ``offset`` is the chunk's position in the stream, for messages
     (None: unknown, after a seek past 2 GiB).
     """
-    find = _scanner().decode_find
-    plain = _decode_plain(data, final, find)
+    scan = _scanner()
+    if (run := scan.decode_run) is not None:
+        return _decode_runs(data, errors, final, offset, run, scan.decode_find)
+    plain = _decode_plain(data, final, scan.decode_find)
     if plain is not None:
         return plain
+    return _decode_careful(data, errors, final, offset, scan.decode_find)
+
+
+def _decode_runs(
+    data: Buffer, errors: str, final: bool, offset: int | None, run: DecodeRun, find: Find
+) -> tuple[str, int]:
+    """Decode by C runs, splicing in each valid unit C hands back.
+
+    C stops at a unit whose canonical spelling is not one BMP character (an
+    IVS sequence, an astral kanji: spliced here) or before a last odd byte
+    (kept for the next chunk unless ``final``). Anything else sends the whole
+    chunk down ``_decode_careful``: errors, offsets and handlers are exactly
+    those of the regex scanner.
+    """
+    text, stop = run(data, 0)
+    size = len(data) if type(data) is bytes else memoryview(data).nbytes
+    if stop == size:
+        return text, size
+    table = tables().decode
+    parts = [text]
+    # Released on the way out, so that no view outlives the call (a traceback
+    # holding one would keep a bytearray from being resized).
+    with memoryview(data) as whole, whole.cast("B") as view:  # bytes, whatever the items
+        while stop < size - 1:
+            canonical = table.get(view[stop] << 8 | view[stop + 1])
+            if canonical is None:
+                break
+            text, stop = run(data, stop + 2)
+            parts += (canonical, text)
+    if stop == size or stop == size - 1 and not final:  # an odd byte: for the next chunk
+        return "".join(parts), stop
+    return _decode_careful(data, errors, final, offset, find)
+
+
+def _decode_careful(
+    data: Buffer, errors: str, final: bool, offset: int | None, find: Find
+) -> tuple[str, int]:
+    """Hit by hit: errors and handlers (one frame deeper per handler restart)."""
     # surrogatepass: unpaired surrogate units come out as lone surrogates
     # (a valid pair as one astral character) so the scanner sees them.
     text, consumed = _utf16_decode(data, "surrogatepass", False)
@@ -383,7 +411,7 @@ def decode_chunk(
             out.append(rep)
             if newpos != start + width:  # the handler moved elsewhere: restart there
                 more = None if offset is None else offset + newpos
-                rest, used = decode_chunk(data[newpos:], errors, final=final, offset=more)
+                rest, used = _decode_careful(data[newpos:], errors, final, more, find)
                 return "".join(out) + rest, newpos + used
             astral += width == 4
         done = i + 1
@@ -404,7 +432,7 @@ def decode_chunk(
 
 
 def _decode_plain(
-    data: bytes | bytearray | memoryview, final: bool, find: Callable[[str, int], int]
+    data: bytes | bytearray | memoryview, final: bool, find: Find
 ) -> tuple[str, int] | None:
     """Decode when every unit is a code whose canonical spelling replaces it whole.
 
@@ -423,9 +451,7 @@ def _decode_plain(
     return text, consumed
 
 
-def _decode_pieces(
-    view: memoryview, final: bool, find: Callable[[str, int], int]
-) -> tuple[str, int] | None:
+def _decode_pieces(view: memoryview, final: bool, find: Find) -> tuple[str, int] | None:
     """``_decode_plain`` of long input, ``_PIECE`` bytes at a time.
 
     Each piece is scanned and mapped while it is in the CPU cache, and only
@@ -447,7 +473,7 @@ def _decode_pieces(
     return "".join(parts), pos + rest[1]
 
 
-def _decode_mapped(text: str, hit: int, find: Callable[[str, int], int]) -> str | None:
+def _decode_mapped(text: str, hit: int, find: Find) -> str | None:
     """``text`` with each hit replaced by its canonical spelling; None at an invalid unit."""
     fast = tables().decode_fast
     parts: list[str] = []
@@ -489,13 +515,17 @@ class IncrementalEncoder(codecs.IncrementalEncoder):
 
     def __init__(self, errors: str = "strict") -> None:
         super().__init__(errors)
-        self._find = _scanner().encode_find  # one call per write: keep it short
+        self._scan = _scanner()
+        self._run = self._scan.encode_run
 
     def encode(self, input: str, final: bool = False) -> bytes:
-        hit = self._find(input, 0)
-        if hit < 0:
-            return _utf16_encode(input)[0]
-        return _encode_hits(input, hit, self._find, self.errors)
+        # One call per write: the C case of ``_encode`` inlined (a frame less).
+        if (run := self._run) is not None:
+            out, stop = run(input, 0)
+            if stop == len(input):
+                return out
+            return _encode_runs(input, out, stop, run, self._scan.encode_find, self.errors)
+        return _encode(input, self.errors, self._scan)
 
 
 class IncrementalDecoder(codecs.IncrementalDecoder):

@@ -10,19 +10,33 @@ runs Python's C ``utf-16-be`` codec over whole strings and only looks at the
 places where one compiled character class — "anything that is *not* its own
 code" — matches. The same sets also give 65,536-entry flag tables for the
 optional C scanner (``_scan.c``), which finds those places ten times faster
-than the regex; see ``codec.py``.
+than the regex, and 65,536-entry unit tables with which it also converts the
+one-for-one runs between them. ``scanner(name)`` bundles either kind for the
+codec, which chooses one (see ``codec.py``).
 """
 
 from __future__ import annotations
 
+import array
 import csv
 import functools
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
+from typing import TypeAlias
+
+try:
+    from . import _scan
+except ImportError:  # not built: the regex scanner does the same, slower
+    _scan = None
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+Find: TypeAlias = Callable[[str, int], int]
+EncodeRun: TypeAlias = Callable[[str, int], tuple[bytes, int]]
+DecodeRun: TypeAlias = Callable[[Buffer, int], tuple[str, int]]
 
 #: Variation selectors: SVS (U+FE00-FE0F) and IVS (U+E0100-E01EF).
 VARIATION_SELECTORS = frozenset(
@@ -51,6 +65,14 @@ class Tables:
     ``chr(c)`` matches the scanner, else 0. (Characters above U+FFFF always
     match both.) A byte per code point rather than a bit: the C loop then
     needs one load per character, and runs twice as fast.
+
+    ``encode_units`` and ``decode_units`` (131,072 bytes each, for
+    ``_scan.encode_run`` / ``decode_run``) hold the one-for-one cases, 0 for
+    everything else: at ``2*c``, the big-endian code of ``chr(c)`` when that
+    one BMP character has one (so C copies the two bytes as they are); at
+    ``2*u``, in native byte order, the code point of J+u's canonical spelling
+    when that is one BMP character. 0 is free: U+0000 and J+0000 are not in
+    the tables (checked when loading).
     """
 
     encode: Mapping[str, bytes]
@@ -63,6 +85,8 @@ class Tables:
     decode_fast: Mapping[str, str]
     encode_flags: bytes
     decode_flags: bytes
+    encode_units: bytes
+    decode_units: bytes
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,22 @@ def _negated_flags(points: set[int]) -> bytes:
     for cp in points:
         flags[cp] = 0
     return bytes(flags)
+
+
+def _encode_units(encode: Mapping[str, bytes]) -> bytes:
+    units = bytearray(0x20000)
+    for s, unit in encode.items():
+        if len(s) == 1 and ord(s) < 0x10000:
+            units[2 * ord(s) : 2 * ord(s) + 2] = unit
+    return bytes(units)
+
+
+def _decode_units(decode: Mapping[int, str]) -> bytes:
+    points = array.array("H", bytes(0x20000))  # native byte order, as C reads it
+    for code, s in decode.items():
+        if len(s) == 1 and ord(s) < 0x10000:
+            points[code] = ord(s)
+    return points.tobytes()
 
 
 def _range(a: int, b: int) -> str:
@@ -142,6 +182,8 @@ def tables() -> Tables:
         ord(s) for s in encode_fast
     }
     decode_identity = {code for code, s in decode.items() if s == chr(code)}
+    if 0 in decode or "\0" in encode or b"\0\0" in encode.values():
+        raise ValueError("J+0000 / U+0000 in the tables: 0 marks 'none' in the unit tables")
     return Tables(
         encode=MappingProxyType(encode),
         decode=MappingProxyType(decode),
@@ -153,7 +195,70 @@ def tables() -> Tables:
         decode_fast=MappingProxyType(decode_fast),
         encode_flags=_negated_flags(encode_identity),
         decode_flags=_negated_flags(decode_identity),
+        encode_units=_encode_units(encode),
+        decode_units=_decode_units(decode),
     )
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """Where the table is needed, and (C only) the conversion between.
+
+    ``encode_find(text, start)`` is the index of the first character at or
+    after ``start`` that does not encode to its own code point;
+    ``decode_find(text, start)`` that of the first character of a
+    surrogatepass utf-16-be decoding that is not its own canonical
+    decoding. Both return -1 when there is none, count every character
+    above U+FFFF as a hit, and treat ``start`` as ``re.Pattern.search``
+    does (negative: 0; beyond ``sys.maxsize``: ``OverflowError``).
+
+    ``encode_run(text, start)`` and ``decode_run(data, start)`` (None for
+    the regex scanner, whose callers keep the find-and-splice loops) return
+    ``(output, stop)``: the conversion of the one-for-one run from ``start``
+    to ``stop``, where the caller takes over (the end when it is all done;
+    for decoding, byte offsets). See ``_scan.c``.
+    """
+
+    name: str
+    encode_find: Find
+    decode_find: Find
+    encode_run: EncodeRun | None = None
+    decode_run: DecodeRun | None = None
+
+
+def _regex_find(pattern: re.Pattern[str]) -> Find:
+    search = pattern.search
+
+    def find(text: str, start: int) -> int:
+        m = search(text, start)
+        return -1 if m is None else m.start()
+
+    return find
+
+
+@functools.cache
+def scanner(name: str) -> Scanner:
+    """The scanner called ``name``: "c" (the extension) or "python" (regex).
+
+    Built once from the tables; raises ``ValueError`` for "c" when the
+    extension is not built. (``codec`` chooses which one to use.)
+    """
+    t = tables()
+    if name == "python":
+        return Scanner(name, _regex_find(t.encode_scan), _regex_find(t.decode_scan))
+    if name == "c" and _scan is not None:
+        # partial, not a closure: no Python frame per call (one per write
+        # on a TextIOWrapper).
+        return Scanner(
+            name,
+            functools.partial(_scan.find_special_str, t.encode_flags),
+            functools.partial(_scan.find_special_str, t.decode_flags),
+            functools.partial(_scan.encode_run, t.encode_units),
+            functools.partial(_scan.decode_run, t.decode_units),
+        )
+    if name == "c":
+        raise ValueError("the juki C scanner (common.juki._scan) is not built")
+    raise ValueError(f"unknown juki scanner {name!r} (expected 'c' or 'python')")
 
 
 @functools.cache

@@ -1,13 +1,15 @@
-"""The juki codec's C scanner (``common.juki._scan``) against its regex fallback.
+"""The juki codec's C extension (``common.juki._scan``) against its regex fallback.
 
-The extension only finds characters; the codec gives the same answers with
-either scanner. These tests check that the extension is built here, that it
-agrees with the regex on every edge of the C loop (string kinds, surrogates,
-unroll boundaries, start positions), and that encode/decode/streams give
-identical results and identical errors with ``using_scanner("c")`` and
-``using_scanner("python")``. Expected values not produced by the code under
-test come from the regex classes in ``tables.py`` and from the examples in
-``test_juki.py``.
+The extension finds characters and converts the one-for-one runs between
+them; the codec gives the same answers with either scanner. These tests check
+that the extension is built here, that its scanner agrees with the regex on
+every edge of the C loop (string kinds, surrogates, unroll boundaries, start
+positions), that its runs agree with a plain-Python model over the mapping
+dicts (string and output kinds, selectors, growth of the output, hand-back
+points), and that encode/decode/streams give identical results and identical
+errors with ``using_scanner("c")`` and ``using_scanner("python")``. Expected
+values not produced by the code under test come from the regex classes and
+mapping dicts in ``tables.py`` and from the examples in ``test_juki.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import common.juki as juki
-from common.juki import codec
+from common.juki import _scan, codec
 from common.juki.tables import VARIATION_SELECTORS, tables
 
 T = tables()
@@ -455,3 +458,326 @@ def test_long_input_from_a_buffer_of_16_bit_items() -> None:
     items = array.array("H")
     items.frombytes(juki.encode(text))  # the same bytes, counted as 16-bit items
     assert with_both(codecs.decode, memoryview(items), "juki") == ("ok", text)
+
+
+# --- the C runs: encode_run / decode_run against a model over the mapping dicts -----------
+
+BLOCK_EDGES = [4095, 4096, 4097, 16383, 16384, 16385, 65535, 65536, 65537, 70001]
+
+
+def model_encode_run(text: str, start: int) -> tuple[bytes, int]:
+    """What ``encode_run`` must return, from ``Tables.encode`` alone."""
+    start = min(max(start, 0), len(text))
+    stop = start
+    while stop < len(text) and ord(text[stop]) < 0x10000 and text[stop] in T.encode:
+        stop += 1
+    if start < stop < len(text) and text[stop] in VARIATION_SELECTORS:
+        stop -= 1  # hand back the base with its selector
+    return b"".join(T.encode[c] for c in text[start:stop]), stop
+
+
+def model_decode_run(data: bytes, start: int) -> tuple[str, int]:
+    """What ``decode_run`` must return, from ``Tables.decode`` alone."""
+    stop = min(max(start, 0), len(data))
+    out = []
+    while len(data) - stop >= 2:
+        canonical = T.decode.get(int.from_bytes(data[stop : stop + 2], "big"))
+        if canonical is None or len(canonical) != 1 or ord(canonical) > 0xFFFF:
+            break
+        out.append(canonical)
+        stop += 2
+    return "".join(out), stop
+
+
+def encode_run(text: str, start: int = 0) -> tuple[bytes, int]:
+    return _scan.encode_run(T.encode_units, text, start)
+
+
+def decode_run(data: object, start: int = 0) -> tuple[str, int]:
+    return _scan.decode_run(T.decode_units, data, start)
+
+
+def assert_same_str(got: str, expected: str) -> None:
+    # Equal, and of the same (narrowest) kind: a 1-byte str must not come out as 2-byte.
+    assert got == expected
+    assert sys.getsizeof(got) == sys.getsizeof(expected)
+
+
+def test_unit_tables_hold_exactly_the_one_for_one_cases() -> None:
+    points = array.array("H")
+    points.frombytes(T.decode_units)
+    wrong_encode = [
+        c
+        for c in range(0x10000)
+        if T.encode_units[2 * c : 2 * c + 2] != T.encode.get(chr(c), b"\0\0")
+    ]
+    wrong_decode = []
+    for code in range(0x10000):
+        canonical = T.decode.get(code, "")
+        expected = ord(canonical) if len(canonical) == 1 and ord(canonical) < 0x10000 else 0
+        if points[code] != expected:
+            wrong_decode.append(code)
+    assert wrong_encode == [] and wrong_decode == []
+    assert len(T.encode_units) == len(T.decode_units) == _scan.RUN_TABLE_SIZE == 0x20000
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "expected", "stop"),
+    [
+        ("", 0, b"", 0),
+        ("abc", 0, units(0x61, 0x62, 0x63), 3),  # 1-byte kind
+        ("abc", 1, units(0x62, 0x63), 3),
+        ("abc", -5, units(0x61, 0x62, 0x63), 3),  # start clamped, as find's
+        ("abc", 10, b"", 3),
+        ("a¢é", 0, units(0x61, 0xA2), 2),  # ¢ is J+00A2; é has no code
+        ("佐々木", 0, units(0x4F50, 0xAD1D, 0x6728), 3),  # 々 is J+AD1D
+        ("山가", 0, units(0x5C71), 1),  # Hangul has no code
+        ("a\ud800", 0, units(0x61), 1),
+        ("a辻\U000e0103b", 0, units(0x61), 1),  # back to the base of the selector
+        ("a辻\U000e0103b", 1, b"", 1),
+        ("a辻\U000e0103b", 2, b"", 2),  # a selector at start stands alone
+        ("a辻\U000e0103b", 3, units(0x62), 4),
+        ("々\ufe00", 0, b"", 0),  # SVS too, also after a table-mapped base
+        ("a\ufe0f", 0, b"", 0),
+        ("a\U000e01ef", 0, b"", 0),
+        ("a\ufdff", 0, units(0x61), 1),  # the neighbours of the selector ranges
+        ("a\ufe10", 0, units(0x61), 1),
+        ("a\U000e00ff", 0, units(0x61), 1),
+        ("a\U000e01f0", 0, units(0x61), 1),
+        ("a𠮷b", 0, units(0x61), 1),  # astral: handed back even with a code (J+AEAC)
+        ("𠮷ab", 1, units(0x61, 0x62), 3),  # 4-byte kind
+    ],
+)
+def test_encode_run_known(text: str, start: int, expected: bytes, stop: int) -> None:
+    assert model_encode_run(text, start) == (expected, stop)  # the model says so
+    assert encode_run(text, start) == (expected, stop)
+
+
+@pytest.mark.parametrize(
+    ("data", "start", "expected", "stop"),
+    [
+        (b"", 0, "", 0),
+        (b"\x00", 0, "", 0),
+        (units(0x61, 0x62), 0, "ab", 4),  # ASCII result
+        (units(0x61, 0x62), 2, "b", 4),
+        (units(0x61, 0x62), -3, "ab", 4),
+        (units(0x61, 0x62), 9, "", 4),
+        (units(0x61, 0x62) + b"\x00", 0, "ab", 4),  # a last odd byte is never decoded
+        (units(0x61, 0xA2), 0, "a¢", 4),  # Latin-1 result
+        (units(0xA2, 0x5C71), 0, "¢山", 4),  # UCS-2 result
+        (units(0x61, 0xAD1D, 0x6728), 0, "a々木", 6),
+        (units(0x61, 0xBC2F, 0x62), 0, "a", 2),  # J+BC2F decodes to 辻 + IVS
+        (units(0x61, 0xAEAC), 0, "a", 2),  # J+AEAC decodes to astral 𠮷
+        (units(0x61, 0x3005), 0, "a", 2),  # not a code
+        (units(0x5C71, 0xD842, 0xDFB7), 0, "山", 2),  # surrogates are no codes
+        (units(0xA2, 0xFEFF), 0, "¢", 2),
+        (units(0x0000, 0x61), 0, "", 0),  # J+0000 is no code either
+    ],
+)
+def test_decode_run_known(data: bytes, start: int, expected: str, stop: int) -> None:
+    assert model_decode_run(data, start) == (expected, stop)  # the model says so
+    got, got_stop = decode_run(data, start)
+    assert_same_str(got, expected)
+    assert got_stop == stop
+
+
+@pytest.mark.parametrize("size", BLOCK_EDGES)
+@pytest.mark.parametrize("filler", ["a", "¢", "山", "々"])
+@pytest.mark.parametrize("tail", ["", "々", "é", "辻\U000e0103", "𠮷"])
+def test_encode_run_across_output_growth(size: int, filler: str, tail: str) -> None:
+    # The output grows at 4096, 16384 and 65536 characters; stop just before,
+    # at and after each, in each string kind. 々 goes on; the others stop.
+    text = filler * size + tail + "a"
+    rest = {"": units(0x61), "々": units(0xAD1D, 0x61)}.get(tail, b"")
+    for start in (0, 1, size - 1):
+        expected = T.encode[filler] * (size - start) + rest
+        assert encode_run(text, start) == (expected, len(text) if rest else size)
+
+
+@pytest.mark.parametrize("size", BLOCK_EDGES)
+@pytest.mark.parametrize("wide", ["", "¢", "山", "¢山"])
+@pytest.mark.parametrize(("tail", "more"), [((), "c"), ((0xAD1D,), "々c"), ((0x3005,), "")])
+def test_decode_run_across_output_growth(
+    size: int, wide: str, tail: tuple[int, ...], more: str
+) -> None:
+    # ASCII first, then wider from a character at, before and after each growth
+    # point (made 1-byte again when nothing is above U+00FF). These characters
+    # are their own codes; J+3005 stops the run.
+    for where in (0, size - 1, size, size + 1):
+        text = "a" * where + wide + "b" * (size - where)
+        data = text.encode("utf-16-be") + units(*tail) + units(0x63)
+        for start in (0, 2):
+            got, stop = decode_run(data, start)
+            assert_same_str(got, text[start // 2 :] + more)
+            assert stop == (len(data) if more else len(data) - 4)
+
+
+def test_decode_run_any_buffer() -> None:
+    data = units(0x61, 0xAD1D, 0x6728, 0xBC2F)
+    expected = ("a々木", 6)
+    assert decode_run(bytearray(data)) == expected
+    assert decode_run(memoryview(data)) == expected
+    items = array.array("H")
+    items.frombytes(data)  # 16-bit items: offsets still count bytes
+    assert decode_run(memoryview(items)) == expected
+    assert decode_run(items) == expected
+    with pytest.raises(BufferError):
+        decode_run(memoryview(data + data)[::2])  # not contiguous
+    with pytest.raises(TypeError, match="bytes-like"):
+        decode_run("a々")
+
+
+def test_runs_bad_arguments() -> None:
+    for run, good_text in [(_scan.encode_run, "a"), (_scan.decode_run, b"\0a")]:
+        table = T.encode_units if run is _scan.encode_run else T.decode_units
+        assert run(table, good_text, 0)[1] > 0
+        with pytest.raises(ValueError, match="131072"):
+            run(table[:-1], good_text, 0)
+        with pytest.raises(ValueError, match="131072"):
+            run(T.encode_flags, good_text, 0)
+        with pytest.raises(TypeError, match="3 positional"):
+            run(table, good_text)
+        with pytest.raises(TypeError):
+            run(table, good_text, 1.0)
+        with pytest.raises(OverflowError):
+            run(table, good_text, 2**63)
+    with pytest.raises(TypeError, match="must be str"):
+        _scan.encode_run(T.encode_units, b"a", 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mixed_text(), st.integers(-3, 50))
+def test_encode_run_equals_model(text: str, start: int) -> None:
+    assert encode_run(text, start) == model_encode_run(text, start)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mixed_data(), st.integers(-3, 90))
+def test_decode_run_equals_model(data: bytes, start: int) -> None:
+    got, stop = decode_run(data, start)
+    expected, expected_stop = model_decode_run(data, start)
+    assert_same_str(got, expected)
+    assert stop == expected_stop
+
+
+def test_tables_refuse_code_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0 marks "not one-for-one" in the unit tables, so no mapping may use it.
+    import common.juki.tables as tables_module
+
+    real_rows = tables_module._rows
+
+    def with_nul(name: str) -> list[list[str]]:
+        return real_rows(name) + ([["0000", "0000", "NUL"]] if name == "nonkanji.csv" else [])
+
+    monkeypatch.setattr(tables_module, "_rows", with_nul)
+    with pytest.raises(ValueError, match=r"J\+0000"):
+        tables_module.tables.__wrapped__()
+
+
+# --- the codec on the C runs: the same answers, and the careful path only for errors ------
+
+
+def test_only_the_c_scanner_has_runs() -> None:
+    assert codec.scanner("c").encode_run is not None
+    assert codec.scanner("c").decode_run is not None
+    assert codec.scanner("python").encode_run is None
+    assert codec.scanner("python").decode_run is None
+
+
+@pytest.mark.parametrize(
+    ("text", "data", "decoded"),
+    [
+        ("佐々木", units(0x4F50, 0xAD1D, 0x6728), "佐々木"),
+        ("a辻\U000e0103b", units(0x61, 0xBC2F, 0x62), "a辻\U000e0103b"),
+        # two sequences in a row; J+8FBB decodes to plain 辻
+        ("辻\U000e0103辻\U000e0102", units(0xBC2F, 0x8FBB), "辻\U000e0103辻"),
+        ("樹\U000e0101𠮷々", units(0xB39E, 0xAEAC, 0xAD1D), "樹\U000e0101𠮷々"),
+        # an SVS spelling; J+F91D decodes to the compatibility ideograph
+        ("\u6b04\ufe00x", units(0xF91D, 0x78), "\uf91dx"),
+    ],
+)
+def test_valid_text_never_takes_the_careful_path(
+    monkeypatch: pytest.MonkeyPatch, text: str, data: bytes, decoded: str
+) -> None:
+    # Selectors and astral kanji are handed back by C and spliced by the run
+    # loops; only an error may restart from scratch.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("careful path taken")
+
+    for name in ("_encode_careful", "_decode_careful", "_encode_hits", "_decode_plain"):
+        monkeypatch.setattr(codec, name, refuse)
+    with codec.using_scanner("c"):
+        assert juki.encode(text) == data
+        assert juki.IncrementalEncoder().encode(text) == data
+        assert juki.decode(data) == decoded
+        assert codec.decode_chunk(data + b"\x00", "strict", final=False) == (decoded, len(data))
+
+
+Failure: TypeAlias = UnicodeEncodeError | UnicodeDecodeError
+
+
+def _skip_one_more(exc: Failure) -> tuple[str, int]:
+    return "<?>", exc.end + 1
+
+
+def _from_the_end(exc: Failure) -> tuple[str, int]:
+    back = exc.end - len(exc.object)  # negative, except at the very end (0 is the start)
+    return "<!>", back if back < 0 else exc.end
+
+
+def _bytes_replacement(exc: Failure) -> tuple[bytes | str, int]:
+    return (b"\xff\xfd" if isinstance(exc, UnicodeEncodeError) else "\ufffd"), exc.end
+
+
+# Handlers beyond the standard ones: moving the position (so the codec must
+# restart there), a negative position, a bytes replacement.
+MOVING_HANDLERS = ["juki-test-skip", "juki-test-from-end", "juki-test-bytes"]
+for _name, _handler in zip(
+    MOVING_HANDLERS, [_skip_one_more, _from_the_end, _bytes_replacement], strict=True
+):
+    codecs.register_error(_name, _handler)
+
+
+def long_text() -> st.SearchStrategy[str]:
+    return st.tuples(
+        st.sampled_from(["a", "山", "々", "¢"]),
+        st.sampled_from([0, 3, *BLOCK_EDGES[:6]]),
+        mixed_text(),
+        mixed_text(),
+    ).map(lambda t: t[0] * t[1] + t[2] + t[0] * 5 + t[3])
+
+
+@settings(max_examples=120, deadline=None)
+@given(long_text(), st.sampled_from(ERRORS + MOVING_HANDLERS))
+def test_long_encode_same_with_either_scanner(text: str, errors: str) -> None:
+    with_both(codec.encode_with, text, errors)
+    with_both(lambda: juki.IncrementalEncoder(errors).encode(text))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sampled_from([0, 1, 2, *BLOCK_EDGES[:6]]),
+    mixed_data(),
+    mixed_data(),
+    # Not juki-test-skip: misaligned, every later unit is an error, each a
+    # restart one frame deeper (test_moving_handlers_same_with_either_scanner).
+    st.sampled_from(["strict", "replace", "ignore", "juki-test-from-end", "juki-test-bytes"]),
+)
+def test_long_decode_same_with_either_scanner(
+    size: int, head: bytes, tail: bytes, errors: str
+) -> None:
+    data = head + juki.encode("山" * size) + tail
+    for final in (False, True):
+        with_both(codec.decode_chunk, data, errors, final=final, offset=7)
+    with_both(codecs.decode, data, "juki", errors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(mixed_text(), st.sampled_from(MOVING_HANDLERS))
+def test_moving_handlers_same_with_either_scanner(text: str, errors: str) -> None:
+    with_both(codec.encode_with, text, errors)
+    data = b"".join(
+        units(ord(c)) if ord(c) < 0x10000 else units(0xD800) for c in text
+    )  # every character's code point as a unit: many invalid
+    for final in (False, True):
+        with_both(codec.decode_chunk, data, errors, final=final, offset=3)
