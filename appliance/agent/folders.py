@@ -69,8 +69,8 @@ _MAX_NUMBER = 9999
 _CHUNK = 1 << 20
 
 #: Modes of folders ``ensure`` creates (existing folders are left as they are).
-#: Staff folders are group-shared (the Samba share maps staff to the agent's
-#: group) with setgid so new files keep the group; state is the agent's alone.
+#: Staff folders are shared with the `renkei-staff` group (setgid, so new files keep
+#: the group; see appliance/rootfs/usr/lib/tmpfiles.d/renkei.conf); state is the agent's alone.
 FOLDER_MODES = {
     "root": 0o2750,
     "inbox": 0o2770,
@@ -348,7 +348,9 @@ def move_to(path: Path, folder: Path, *, name: str | None = None) -> Path:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            placed = place_atomically(path, folder, target_name, mode=stat.S_IMODE(st.st_mode))
+            placed = place_atomically(
+                path, folder, target_name, mode=stat.S_IMODE(st.st_mode) & 0o777
+            )
             path.unlink()
             fsync_dir(path.parent)
             return placed
