@@ -11,7 +11,6 @@ Everything goes to ``demo-output/`` (or the folder given), made anew each run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from common import statement  # noqa: E402
@@ -30,11 +30,13 @@ from common.atomicwrite import write_bytes  # noqa: E402
 from common.items import MINISTRY, MUNICIPALITY  # noqa: E402
 from common.noticefile import encode_notice_file, format_json_header, format_json_record  # noqa: E402
 from common.synthetic import SampleFactory  # noqa: E402
-from tests.server.client import GunicornProcess  # noqa: E402 - stand-in terminal until the agent lands
+from tests.agent.conftest import Chronyd, Dnsmasq  # noqa: E402 - the LGWAN's NTP and DNS on loopback
+from tests.server.client import GunicornProcess  # noqa: E402 - starts gunicorn and waits until it answers
 
 DAY = date(2026, 11, 27)
 MUNICIPALITIES = {"131016": 40, "011011": 25, "221384": 0}  # 千代田区, 札幌市中央区, 浜松市中央区
 BIN = Path(sys.executable).parent
+SERVER_NAME = "renkei.demo.test"  # the ministry server's name on the (simulated) LGWAN
 
 
 def say(text: str = "") -> None:
@@ -54,6 +56,17 @@ def server_command(env: dict[str, str], *args: str) -> subprocess.CompletedProce
     return result
 
 
+def agent_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(BIN / "renkei-agent"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    for line in (result.stdout + result.stderr).rstrip().splitlines():
+        say(f"     | {line}")
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"renkei-agent {' '.join(args)} failed with exit code {result.returncode}")
+    return result
+
+
 def main(out: Path) -> int:
     if out.exists():
         shutil.rmtree(out)
@@ -66,7 +79,7 @@ def main(out: Path) -> int:
     say(
         "\n1. The ministry sets up its linkage server (database, signing key, municipality master, dev TLS)"
     )
-    server_command(env, "init", "--dev-tls")
+    server_command(env, "init", "--dev-tls", "--hostname", SERVER_NAME)
 
     say("\n2. The issuance system's notices arrive in Unicode and are imported (one is bad)")
     notices = out / f"notices-{DAY:%Y%m%d}.jsonl"
@@ -95,14 +108,52 @@ def main(out: Path) -> int:
     )["token"]
     say("     | token issued (shown once to the technician; stored hashed)")
 
-    say("\n5. The server runs under gunicorn with TLS; the terminal's evening run talks to it")
-    folders = out / "terminal-131016"
-    for name in ("inbox", "outbox", "sent"):
-        (folders / name).mkdir(parents=True)
+    say(
+        "\n5. The server runs under gunicorn with TLS; the terminal enrolls and its agent runs the evening sync"
+    )
+    terminal = out / "terminal-131016"
+    root, state = terminal / "srv", terminal / "state"
+    for folder in (root, state):
+        folder.mkdir(parents=True, mode=0o750)
+    ntp = Chronyd(out / "lgwan" / "chrony").start()
+    dns = Dnsmasq(out / "lgwan" / "dnsmasq", {SERVER_NAME: ["127.0.0.1"]}).start()
+    say(
+        f"     | LGWAN NTP (chronyd) on {ntp.address}, LGWAN DNS (dnsmasq) on {dns.address} knows {SERVER_NAME}"
+    )
+    try:
+        _evening(out, data, token, factory, root, state, terminal, ntp.address, dns.address)
+    finally:
+        ntp.stop()
+        dns.stop()
+
+    say("\n7. The ministry checks the fleet and exports what the municipalities sent")
+    server_command(env, "status")
+    exported = out / f"received-{DAY:%Y%m%d}.jsonl"
+    server_command(env, "export", "-o", str(exported))
+    say(
+        f"\nOutputs are in {out}/ — the terminal in {terminal.name}/ (folders under srv/), "
+        f"the server's data in server/, its log in gunicorn.log"
+    )
+    return 0
+
+
+def _evening(out, data, token, factory, root, state, terminal, ntp, dns) -> None:
     with GunicornProcess(data, log_path=out / "gunicorn.log", workers=2) as server:
-        say(f"     | listening on {server.client().origin}")
+        origin = f"https://{SERVER_NAME}:{server.port}"
+        say(f"     | the server listens on 127.0.0.1:{server.port}, known on LGWAN as {origin}")
+        # Enrollment: what `renkei-provision enroll` will do on the appliance (issue 6).
         key = Ed25519PrivateKey.generate()
-        with server.client(agent_version="renkei-demo-terminal") as client:
+        key_path = state / "terminal-key.pem"
+        write_bytes(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            mode=0o600,
+        )
+        with server.client(agent_version="renkei-provision-demo") as client:
             enrolled = client.post_json(
                 "/api/v1/enroll",
                 {
@@ -113,63 +164,52 @@ def main(out: Path) -> int:
                 key=key,
                 key_id="enroll",
             ).json()
-            say(
-                f"     | enrolled terminal {enrolled['terminal_id']} for {enrolled['municipality']}"
-            )
-            server_key = statement.public_key_from_text(enrolled["server_key"]["public_key"])
-            client.key, client.key_id = key, enrolled["terminal_id"]
+        say(f"     | enrolled terminal {enrolled['terminal_id']} for {enrolled['municipality']}")
+        config = terminal / "agent.toml"
+        config.write_text(
+            f'''server_url = "{origin}"
+lasdec = "131016"
+terminal_id = "{enrolled["terminal_id"]}"
+key_path = "{key_path}"
+server_key = "{enrolled["server_key"]["public_key"]}"
+ca_file = "{server.ca_file}"
+folder_root = "{root}"
+state_dir = "{state}"
+settle_seconds = 0.0
+dns_servers = ["{dns}"]
+ntp_servers = ["{ntp}"]
+''',
+            encoding="utf-8",
+        )
+        agent_env = {**os.environ, "RENKEI_AGENT_CONFIG": str(config)}
+        agent_command(agent_env, "sync", "--download-only")
+        for placed in sorted((root / "inbox").iterdir()):
+            say(f"     | inbox/{placed.name}: {placed.stat().st_size:,} bytes")
 
-            batches = client.get("/api/v1/batches").json()["batches"]
-            for batch in batches:
-                manifest = client.get(f"/api/v1/batches/{batch['batch_id']}/manifest").json()
-                body = statement.verify(manifest, server_key)
-                payload = client.get(f"/api/v1/batches/{batch['batch_id']}").body
-                assert hashlib.sha256(payload).hexdigest() == body["sha256"], "hash mismatch"
-                name = f"ministry-{body['lasdec']}-{body['sequence']:06d}.csv"
-                write_bytes(folders / "inbox" / name, payload)
-                ack = client.post_json(
-                    f"/api/v1/batches/{batch['batch_id']}/ack", {"sha256": body["sha256"]}
-                )
-                say(
-                    f"     | batch #{body['sequence']} ({body['records']} records, signature ok, sha256 ok) "
-                    f"→ inbox/{name}, acknowledged ({ack.status})"
-                )
-
-            records = list(factory.day_of(MUNICIPALITY, "131016", 12))
-            records[3] = records[3].with_values(address_code="131017")
-            upload = encode_notice_file(MUNICIPALITY, records)
-            write_bytes(folders / "outbox" / "municipality-131016.csv", upload)
-            reply = client.post(
-                "/api/v1/uploads", upload, headers={"Renkei-File-Name": "municipality-131016.csv"}
-            )
-            receipt = statement.verify(reply.json(), server_key)
-            again = client.post(
-                "/api/v1/uploads", upload, headers={"Renkei-File-Name": "municipality-131016.csv"}
-            )
-            say(
-                f"     | uploaded municipality-131016.csv: {len(receipt['accepted'])} accepted, "
-                f"{len(receipt['rejected'])} rejected (receipt signed by the server; status {reply.status})"
-            )
-            for rejected in receipt["rejected"]:
-                for problem in rejected["problems"]:
-                    say(f"     |   rejected {rejected['record_id']}: {problem['message']}")
-            say(
-                f"     | sent again: status {again.status}, same receipt: {again.json() == reply.json()}"
-            )
-            write_bytes(
-                folders / "sent" / "municipality-131016.receipt.json",
-                json.dumps(reply.json(), ensure_ascii=False, indent=1).encode("utf-8"),
-            )
-
-    say("\n6. The ministry checks the fleet and exports what the municipalities sent")
-    server_command(env, "status")
-    exported = out / f"received-{DAY:%Y%m%d}.jsonl"
-    server_command(env, "export", "-o", str(exported))
-    say(
-        f"\nOutputs are in {out}/ — the terminal's folders in {folders.name}/, "
-        f"the server's data in server/, its log in gunicorn.log"
-    )
-    return 0
+        say(
+            "\n6. Staff drop their municipality notice file into the outbox; the agent sends it (one record is bad)"
+        )
+        good = list(factory.day_of(MUNICIPALITY, "131016", 12))
+        write_bytes(
+            root / "outbox" / f"municipality-131016-{DAY:%Y%m%d}.csv",
+            encode_notice_file(MUNICIPALITY, good),
+        )
+        bad = list(factory.day_of(MUNICIPALITY, "131016", 5))
+        bad[3] = bad[3].with_values(address_code="131017")
+        write_bytes(
+            root / "outbox" / f"municipality-131016-{DAY:%Y%m%d}-2.csv",
+            encode_notice_file(MUNICIPALITY, bad),
+        )
+        agent_command(agent_env, "sync", "--upload-only")
+        for folder in ("sent", "rejected"):
+            for path in sorted((root / folder).iterdir()):
+                say(f"     | {folder}/{path.name}")
+        report = next((root / "rejected").glob("*.report.txt"), None)
+        if report is not None:
+            say("     | the Japanese report staff read for the rejected file:")
+            for line in report.read_text(encoding="utf-8-sig").splitlines()[:14]:
+                say(f"     |   {line}")
+        agent_command(agent_env, "status")
 
 
 if __name__ == "__main__":
