@@ -42,6 +42,7 @@ from common.noticefile import (
     read_unicode_csv,
 )
 from common.records import Record
+from common.rejections import file_error_entry, row_error_entry
 from common.validation import validate
 
 from .errors import NoticeImportError
@@ -49,10 +50,8 @@ from .storage import Storage, imports, iso_utc, municipalities, notices
 
 __all__ = [
     "ImportResult",
-    "file_error_json",
     "import_notices",
     "record_content",
-    "row_error_entry",
 ]
 
 _CHUNK = 500  # ids per IN (…) query: well under every database's parameter limit
@@ -96,32 +95,6 @@ class ImportResult:
 
 
 # --- shared with uploads -------------------------------------------------------------------------
-
-
-def row_error_entry(row: RowError) -> dict:
-    """A row that could not be read, as a rejected entry with one problem."""
-    return {
-        "line": row.line,
-        "record_id": row.record_id,
-        "problems": [
-            {
-                "code": row.code,
-                "item": None,
-                "column": row.column,
-                "message": row.message_ja,
-                "message_en": row.message,
-            }
-        ],
-    }
-
-
-def file_error_json(error: NoticeFileError) -> dict:
-    return {
-        "code": error.code,
-        "line": error.line,
-        "message": error.message_ja,
-        "message_en": error.message,
-    }
 
 
 def record_content(record: Record) -> tuple[str, str]:
@@ -352,9 +325,9 @@ def import_notices(
             )
         candidates = _check(result, rows, receiving, degenerate=degenerate, from_juki=from_juki)
     except NoticeFileError as exc:
-        result.file_error = file_error_json(exc)
+        result.file_error = file_error_entry(exc)
     except UnicodeDecodeError as exc:
-        result.file_error = file_error_json(utf8_file_error(file_name, exc))
+        result.file_error = file_error_entry(utf8_file_error(file_name, exc))
     if result.file_error is not None:
         result.records, result.rejected, candidates = 0, [], []
     try:

@@ -34,12 +34,13 @@ from common.errors import NoticeFileError
 from common.items import MUNICIPALITY
 from common.noticefile import FORMAT_TAGS, RowError, read_notice_file
 from common.records import Record
+from common.rejections import file_error_entry, row_error_entry
 from common.validation import validate
 
 from .blobs import BlobStore
 from .enrollment import Terminal
 from .errors import UploadError
-from .ingest import conflict_problem, file_error_json, record_content, row_error_entry
+from .ingest import conflict_problem, record_content
 from .storage import Storage, iso_utc, received_notices, uploads
 
 __all__ = ["RECEIPT_TYPE", "get_receipt", "receive_upload"]
@@ -143,7 +144,7 @@ def receive_upload(
     try:
         rows, good, rejected = _read(data, file_name, max_records)
     except NoticeFileError as exc:
-        rows, good, rejected, file_error = 0, [], [], file_error_json(exc)
+        rows, good, rejected, file_error = 0, [], [], file_error_entry(exc)
     upload_id = "up_" + secrets.token_hex(8)
     try:
         with storage.begin() as conn:

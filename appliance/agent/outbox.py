@@ -47,6 +47,7 @@ from common.atomicwrite import fsync_dir
 from common.errors import NoticeFileError
 from common.items import MUNICIPALITY
 from common.noticefile import FORMAT_TAGS, NoticeReader, RowError
+from common.rejections import file_error_entry, rejected_entry, row_error_entry
 from common.validation import validate
 
 from .errors import FolderError
@@ -60,13 +61,10 @@ from .folders import (
 )
 from .queue import UploadRow
 from .reports import (
-    file_error_entry,
     local_rejection_report,
     receipt_report,
     refusal_report,
-    rejected_entry,
     report_bytes,
-    row_error_entry,
 )
 
 if TYPE_CHECKING:

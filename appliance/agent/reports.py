@@ -21,10 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from common.errors import NoticeFileError
 from common.items import UnknownItemError, get_item
-from common.noticefile import RowError
-from common.validation import Problem
 
 from .folders import REASONS
 
@@ -32,14 +29,11 @@ __all__ = [
     "JST",
     "MAX_LISTED",
     "QUARANTINE_REASONS",
-    "file_error_entry",
     "local_rejection_report",
     "quarantine_report",
     "receipt_report",
     "refusal_report",
-    "rejected_entry",
     "report_bytes",
-    "row_error_entry",
 ]
 
 #: Records listed in one report at most; the receipt (sent/) has them all.
@@ -48,47 +42,6 @@ MAX_LISTED = 1000
 _RULE = "=" * 60
 JST = timezone(timedelta(hours=9), "JST")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-# --- entries: the shape of a server receipt's "rejected" and "file_error" ----------------------
-
-
-def row_error_entry(row: RowError) -> dict[str, Any]:
-    """A line that could not be read, as a rejected entry with one problem (as the server makes)."""
-    return {
-        "line": row.line,
-        "record_id": row.record_id,
-        "problems": [
-            {
-                "code": row.code,
-                "item": None,
-                "column": row.column,
-                "message": row.message_ja,
-                "message_en": row.message,
-            }
-        ],
-    }
-
-
-def rejected_entry(
-    line: int | None, record_id: str | None, problems: Sequence[Problem]
-) -> dict[str, Any]:
-    """A record that validation refused, as a rejected entry."""
-    return {
-        "line": line,
-        "record_id": record_id or None,
-        "problems": [problem.to_json() for problem in problems],
-    }
-
-
-def file_error_entry(error: NoticeFileError) -> dict[str, Any]:
-    """A file that cannot be read as a whole, as a receipt's ``file_error``."""
-    return {
-        "code": error.code,
-        "line": error.line,
-        "message": error.message_ja,
-        "message_en": error.message,
-    }
 
 
 # --- rendering helpers -----------------------------------------------------------------------

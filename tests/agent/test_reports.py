@@ -10,19 +10,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.agent.folders import REASONS
 from appliance.agent.reports import (
     QUARANTINE_REASONS,
-    file_error_entry,
     local_rejection_report,
     quarantine_report,
     receipt_report,
     refusal_report,
-    rejected_entry,
     report_bytes,
-    row_error_entry,
 )
 from common import statement
 from common.errors import NoticeFileError
 from common.items import MUNICIPALITY, get_item
 from common.noticefile import RowError, encode_notice_file, read_notice_file
+from common.rejections import file_error_entry, rejected_entry, row_error_entry
 from common.synthetic import SampleFactory
 from common.validation import validate
 
@@ -98,14 +96,6 @@ def test_a_file_that_cannot_be_read(bad_file: bytes) -> None:
         check(bad_file[:-3], "cut.csv")
     text = local_rejection_report("cut.csv", file_error=file_error_entry(caught.value))
     assert "もう一度コピー" in text
-
-
-def test_entries_have_the_servers_shape() -> None:
-    server_ingest = pytest.importorskip("server.ingest")
-    row = RowError(7, "row.columns", "3 fields, expected 90", "項目の数が…", record_id="C1")
-    assert row_error_entry(row) == server_ingest.row_error_entry(row)
-    error = NoticeFileError("cut", message_ja="切れています", code="file.truncated", line=9)
-    assert file_error_entry(error) == server_ingest.file_error_json(error)
 
 
 def receipt(**body) -> dict:
