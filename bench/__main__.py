@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import codec, fileformat, server
+from bench import agent, codec, fileformat, server
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,6 +38,7 @@ def main() -> int:
         "codec": codec.run(),
         "fileformat": fileformat.run(),
         "server": server.run(),
+        "agent": agent.run(),
     }
     report["seconds"] = time.time() - started
     (HERE / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -48,7 +49,7 @@ def main() -> int:
         f"Python {report['machine']['python']}, {report['machine']['cpus']} CPUs.",
         "",
     ]
-    for section in ("codec", "fileformat", "server"):
+    for section in ("codec", "fileformat", "server", "agent"):
         for name, figures in report[section].items():
             lines.append(f"## {section}: {name}")
             lines.append("")

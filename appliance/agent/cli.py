@@ -5,7 +5,8 @@ Exit codes (``sync``; ``status`` uses 0 and 2 only):
 ====  ==================================================================
 0     everything was done, nothing was refused
 1     the run completed, but something was rejected, quarantined or failed
-      (the report says what; failed uploads are retried by the next run)
+      (the report says what; failed uploads are retried by the next run), or
+      the run stopped on an error it printed (e.g. the disk is full)
 2     usage or configuration error (bad option, bad agent.toml, unreadable key)
 3     refused by the preflight: the clock is too far off to sign requests
 4     busy: another renkei-agent run holds the lock
@@ -17,6 +18,7 @@ run's report (the same JSON the queue records) on stdout.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -33,6 +35,7 @@ from . import __version__
 from .config import AgentConfig, load_config
 from .errors import AgentError, BusyError, ConfigError
 from .folders import Folders
+from .media_cli import media
 from .preflight import make_resolver
 from .queue import Queue
 from .sync import RunReport, make_preflight, run_sync
@@ -144,8 +147,8 @@ def sync(
         folders.ensure()
         queue = Queue(config.queue_path)
     except (AgentError, OSError) as exc:
-        click.echo(f"renkei-agent: {getattr(exc, 'message', exc)}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _stopped(exc)
+        sys.exit(1 if _disk_full(exc) else EXIT_CONFIG)  # a full disk is no configuration error
     try:
         transport = open_transport(config)
     except ConfigError as exc:
@@ -172,8 +175,8 @@ def sync(
     except ConfigError as exc:
         click.echo(f"renkei-agent: {exc.message}", err=True)
         sys.exit(EXIT_CONFIG)
-    except AgentError as exc:  # the run stopped on an error it could not report itself
-        click.echo(f"renkei-agent: the run stopped: {exc.message}", err=True)
+    except (AgentError, OSError) as exc:  # the run stopped on an error it could not report
+        _stopped(exc, "the run stopped: ")
         sys.exit(1)
     finally:
         transport.close()
@@ -183,6 +186,25 @@ def sync(
     else:
         _print_report(report)
     sys.exit(report.exit_code)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return getattr(exc, "code", None) == "queue.disk_full"
+
+
+def _stopped(exc: AgentError | OSError, prefix: str = "") -> None:
+    """Say why nothing (more) could be done, in English and, where there is one, Japanese."""
+    message = exc.message if isinstance(exc, AgentError) else str(exc)
+    click.echo(f"renkei-agent: {prefix}{message}", err=True)
+    japanese = exc.message_ja if isinstance(exc, AgentError) else None
+    if japanese is None and _disk_full(exc):
+        japanese = (
+            "ディスクの空きが足りません。空きを作ってください（ファイルは失われていません）。"
+        )
+    if japanese and japanese != message:
+        click.echo(f"renkei-agent: {japanese}", err=True)
 
 
 def _print_report(report: RunReport) -> None:
@@ -362,6 +384,14 @@ def status(as_json: bool, config_path: Path | None) -> None:
         if check["hint"]:
             click.echo(f"{'':<15}{check['hint']}")
 
+
+# The staff console (console.py) imports this module only inside its functions, so no cycle.
+from .console import console as _console  # noqa: E402
+
+main.add_command(_console)
+
+
+main.add_command(media)  # renkei-agent media …: registered USB media (media_cli.py)
 
 if __name__ == "__main__":
     main()

@@ -528,10 +528,14 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
         ),
         settle_seconds=reader.get("settle_seconds", _non_negative, default.settle_seconds),
     )
-    if config.clock_refuse < config.clock_warn:
+    if config.clock_refuse <= config.clock_warn:
+        # preflight.check_clock needs warn < refuse: an offset of at least clock_warn warns,
+        # one of clock_refuse or more refuses the run, and a warning needs room between them.
         raise reader.error(
             "clock_refuse",
-            f"must be at least clock_warn ({config.clock_warn:g}), got {config.clock_refuse:g}",
+            f"must be greater than clock_warn ({config.clock_warn:g}), got "
+            f"{config.clock_refuse:g}: a clock off by at least clock_warn is a warning, by "
+            "clock_refuse or more the run is refused",
         )
     root, state = config.folder_root, config.state_dir
     if root == state or state.is_relative_to(root) or root.is_relative_to(state):

@@ -217,7 +217,7 @@ def _immediate(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        raise _io_error(exc) from exc
+        raise _io_error(exc, conn) from exc
     try:
         yield db
         conn.execute("COMMIT")
@@ -225,17 +225,49 @@ def _immediate(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         if isinstance(exc, sqlite3.OperationalError):
-            raise _io_error(exc) from exc
+            raise _io_error(exc, conn) from exc
         raise
 
 
-def _io_error(exc: sqlite3.OperationalError) -> QueueError:
+#: Below this many free bytes in the queue's folder, an I/O error of SQLite counts as a full
+#: disk: SQLite says "database or disk is full" only when the database or its log cannot grow;
+#: when it cannot size its shared-memory file (opening on a full disk) it says "disk I/O error".
+_LOW_SPACE = 1 << 20
+
+
+def _is_disk_full(exc: sqlite3.Error, folder: Path | None) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or "disk is full" in str(exc):
+        return True
+    try:
+        st = os.statvfs(folder) if folder and name.startswith("SQLITE_IOERR") else None
+    except OSError:
+        st = None
+    return st is not None and st.f_bavail * st.f_frsize < _LOW_SPACE
+
+
+def _disk_full_error(folder: Path | None, text: str) -> QueueError:
+    where = str(folder or "the state folder")
+    return QueueError(
+        f"the queue database could not be written: the disk is full ({text}); free space in "
+        f"{where}. Nothing was lost: the queue is unchanged, and the next run continues",
+        code="queue.disk_full",
+        message_ja=(
+            f"端末のディスク（{where}）の空きが足りないため、連携の記録を書き込めませんでした。"
+            "空きを作ってください。ファイルや記録は失われていません。次回の連携で続きから処理します。"
+        ),
+    )
+
+
+def _io_error(exc: sqlite3.OperationalError, conn: sqlite3.Connection) -> QueueError:
     text = str(exc)
-    if "full" in text:
-        return QueueError(
-            f"the queue database could not be written: {text}; free space in the state folder",
-            code="queue.disk_full",
-        )
+    try:  # the main database's folder; reading it needs no free space
+        files = {row[1]: row[2] for row in conn.execute("PRAGMA database_list")}
+        folder = Path(files["main"]).parent if files.get("main") else None
+    except sqlite3.Error:
+        folder = None
+    if _is_disk_full(exc, folder):
+        return _disk_full_error(folder, text)
     if "locked" in text or "busy" in text:
         return QueueError(
             f"the queue database is busy: {text}; another agent process is writing",
@@ -314,6 +346,8 @@ class Queue:
             migrate(self.db)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _is_disk_full(exc, self.path.parent):
+                raise _disk_full_error(self.path.parent, str(exc)) from exc
             raise QueueError(
                 f"cannot open the queue database {self.path}: {exc}", code="queue.open"
             ) from exc
@@ -358,8 +392,11 @@ class Queue:
                     f"another renkei-agent process{who} is running a sync; wait for it to finish",
                     message_ja="別の連携処理が実行中です。終了してからもう一度実行してください",
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            except OSError:
+                pass  # a full disk: the pid is only for the "busy" message; the lock holds
             yield
         finally:
             os.close(fd)  # releases the lock

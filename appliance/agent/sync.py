@@ -33,6 +33,7 @@ never fails the run.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
@@ -299,20 +300,18 @@ class Context:
 def make_preflight(config: AgentConfig, *, timeout: float = 2.0) -> Callable[[], list[Check]]:
     """The real checks: the clock against ``ntp_servers``, the server's name against ``dns_servers``.
 
-    No DNS check when ``server_url`` names an IP address.
+    No DNS check when ``server_url`` names an IP address.  The thresholds are used as they
+    are: :func:`~appliance.agent.config.load_config` guarantees ``clock_warn < clock_refuse``.
     """
     host = urllib.parse.urlsplit(config.server_url).hostname or ""
-    refuse = config.clock_refuse
-    # preflight.check_clock wants warn < refuse; the configuration allows them equal.
-    warn = config.clock_warn if config.clock_warn < refuse else refuse / 2
 
     def run() -> list[Check]:
         checks = [
             check_clock(
                 config.ntp_servers,
                 query=lambda server: ntp_offset(server, timeout=timeout),
-                warn=warn,
-                refuse=refuse,
+                warn=config.clock_warn,
+                refuse=config.clock_refuse,
             )
         ]
         if not _is_ip(host):
@@ -570,16 +569,25 @@ def _phase(ctx: Context, name: str, body: Callable[[], None]) -> None:
     try:
         body()
     except (AgentError, OSError) as exc:
-        code = getattr(exc, "code", None) or "io.error"
-        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+        code = str(getattr(exc, "code", None) or "io.error")
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             code = "disk.full"
-        ctx.report.problem(
-            str(code),
-            "",
-            f"the {name} phase stopped: {exc}",
-            "処理を途中で中止しました（ディスクの空きや端末の状態を確認してください）",
-        )
-        _log.exception("the %s phase stopped", name)
+        phase_ja = {"download": "受信", "upload": "送信"}.get(name, name)
+        if code in ("disk.full", "queue.disk_full"):
+            message = (
+                f"the {name} phase stopped: the disk is full ({exc}); nothing was lost: "
+                "free space, and the next run continues from here"
+            )
+            message_ja = (
+                f"ディスクの空きが足りないため、{phase_ja}の処理を途中で中止しました。"
+                "ファイルは失われていません。空きを作ると、次回の連携で続きから処理します。"
+            )
+            _log.error("%s", message)  # an expected condition: no traceback
+        else:
+            message = f"the {name} phase stopped: {exc}"
+            message_ja = f"{phase_ja}の処理を途中で中止しました（ディスクの空きや端末の状態を確認してください）"
+            _log.exception("the %s phase stopped", name)
+        ctx.report.problem(code, "", message, message_ja)
 
 
 def _summary_line(report: RunReport) -> str:

@@ -17,8 +17,7 @@ from click.testing import CliRunner
 
 from appliance.agent.cli import main, next_scheduled_run
 from appliance.agent.queue import Queue
-from tests.agent.test_sync_download import Site
-from tests.agent.test_sync_upload import notice_file
+from tests.agent.helpers import Site, notice_file
 from tests.server.conftest import API_A, API_B, API_C
 
 pytestmark = pytest.mark.slow
@@ -89,7 +88,7 @@ def test_a_rejected_file_makes_exit_status_1_and_names_the_problem(appliance):
     [("--download-only", "download", True, False), ("--upload-only", "upload", False, True)],
 )
 def test_one_direction_only(appliance, agent_server, flag, kind, placed, sent):
-    from tests.agent.test_sync_download import pending, publish_days
+    from tests.agent.helpers import pending, publish_days
 
     site, config = appliance(API_A)
     publish_days(agent_server, {API_A: 1})

@@ -243,6 +243,7 @@ BAD = [
     ("clock_warn", -1, "clock_warn", "negative"),
     ("clock_warn", "1", "clock_warn", "number"),
     ("clock_refuse", 0.5, "clock_refuse", "at least clock_warn"),
+    ("clock_refuse", 1.0, "clock_refuse", "at least clock_warn"),  # equal to the default warn
     ("business_end", "25:00", "business_end", "time of day"),
     ("business_end", "17:60", "business_end", "time of day"),
     ("business_end", "5pm", "business_end", "HH:MM"),

@@ -34,8 +34,7 @@ from appliance.agent.sync import CHECKPOINTS, CRASH_ENV
 from common.atomicwrite import is_temporary
 from server.batches import list_batches
 from server.storage import received_notices, uploads
-from tests.agent.test_sync_download import Site, publish_days, sha
-from tests.agent.test_sync_upload import notice_file
+from tests.agent.helpers import Site, notice_file, publish_days, sha
 from tests.server.conftest import API_A, API_B
 
 pytestmark = pytest.mark.slow

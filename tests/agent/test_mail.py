@@ -15,86 +15,34 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from appliance.agent.config import SmtpConfig
 from appliance.agent.mail import MailError, send_failure_notice
 from server.tls import make_dev_ca, make_server_cert
+from tests.agent.helpers import (
+    HOST,
+    PASSWORD,
+    REFUSED,
+    USER,
+    Delivered,
+    Recorder,
+    Tls,
+    free_port,
+)
 
-HOST = "127.0.0.1"
-USER = "renkei-agent"
-PASSWORD = 'pa$$ w0rd:\\"x'
 SUBJECT = "【連携】送信に失敗しました（市町村コード 131016）"
 BODY = "本日の連携ファイルを送信できませんでした。\n再送は「renkei-agent sync」で行えます。\n"
-REFUSED = "nobody@city.example.lg.jp"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Delivered:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-    tls: bool
-    login: bytes | None
-
-
-@dataclass
-class Recorder:
-    """aiosmtpd handler: refuses :data:`REFUSED` at RCPT, keeps every message it accepts."""
-
-    messages: list[Delivered] = field(default_factory=list)
-    logins: list[bytes] = field(default_factory=list)
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
-        if address == REFUSED:
-            return "550 5.1.1 <nobody@city.example.lg.jp>: mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
-        self.messages.append(
-            Delivered(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                envelope.original_content,
-                session.ssl is not None,
-                login,
-            )
-        )
-        return "250 2.0.0 accepted"
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-        assert isinstance(auth_data, LoginPassword)
-        self.logins.append(auth_data.login)
-        ok = auth_data.login == USER.encode() and auth_data.password == PASSWORD.encode()
-        # handled=False: aiosmtpd then answers 535 itself (True means "already answered").
-        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 @dataclass
 class Relay:
     port: int
     recorder: Recorder
-
-
-@dataclass(frozen=True)
-class Tls:
-    ca: Path
-    other_ca: Path
-    cert: Path
-    key: Path
 
 
 @pytest.fixture(scope="module")

@@ -2,159 +2,25 @@
 
 Every test enrolls its own terminal; batches belong to a municipality, so
 tests that share one assert relative to what the server lists as pending
-before the run.  :class:`Site` (one appliance: config, folders, queue) and
-the helpers here are shared with the other sync test modules.
+before the run.  :class:`~tests.agent.helpers.Site` is one appliance
+(config, folders, queue).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.agent.config import AgentConfig
-from appliance.agent.download import inbox_name
-from appliance.agent.folders import Folders
 from appliance.agent.preflight import Check
-from appliance.agent.queue import Queue
-from appliance.agent.sync import RunReport, run_sync
 from common import statement
-from server.batches import list_batches
-from tests.agent.conftest import AgentServer, Enrolled
-from tests.server.conftest import API_A, API_B, API_C, api_publish
+from tests.agent.helpers import Site, batch_row, expected_name, pending, publish_days, sha
+from tests.server.conftest import API_A, API_B, API_C
 
 pytestmark = pytest.mark.slow
-
-
-# --- shared helpers ------------------------------------------------------------------------------
-
-
-class Site:
-    """One appliance for ``lasdec``: its own key, folders, queue and configuration."""
-
-    def __init__(self, server: AgentServer, root: Path, lasdec: str, **overrides: Any):
-        self.server = server
-        self.root = root
-        self.terminal: Enrolled = server.enroll(lasdec)
-        key_path = root / "terminal-key.pem"
-        root.mkdir(parents=True, exist_ok=True)
-        key_path.write_bytes(
-            self.terminal.key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        settings: dict[str, Any] = {
-            "server_url": server.url,
-            "lasdec": lasdec,
-            "terminal_id": self.terminal.terminal_id,
-            "key_path": key_path,
-            "server_key": statement.public_key_to_text(server.server_key.public_key()),
-            "ca_file": server.ca_file,
-            "folder_root": root / "srv",
-            "state_dir": root / "state",
-            "settle_seconds": 0.0,
-        }
-        settings.update(overrides)
-        self.config = AgentConfig(**settings)
-        self.folders = Folders(self.config.folder_root, self.config.state_dir)
-        self.folders.ensure()
-        self.queue = Queue(self.config.queue_path)
-
-    @property
-    def lasdec(self) -> str:
-        return self.config.lasdec
-
-    def sync(self, transport=None, **options: Any) -> RunReport:  # type: ignore[no-untyped-def]
-        """One run with a transport to the server (or the one given)."""
-        options.setdefault("clock", time.time)
-        if transport is not None:
-            return run_sync(
-                self.config, transport=transport, queue=self.queue, folders=self.folders, **options
-            )
-        with self.server.transport(self.terminal) as real:
-            return run_sync(
-                self.config, transport=real, queue=self.queue, folders=self.folders, **options
-            )
-
-    def files(self, folder: str) -> dict[str, bytes]:
-        """Name → bytes of the files in one of the folders (``inbox``, ``sent`` …)."""
-        path = getattr(self.folders, folder)
-        return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
-
-    def write_config(self, path: Path, **extra: Any) -> Path:
-        """This site's configuration as agent.toml (for the command line), plus ``extra`` keys."""
-        c = self.config
-        lines = [
-            f'server_url = "{c.server_url}"',
-            f'lasdec = "{c.lasdec}"',
-            f'terminal_id = "{c.terminal_id}"',
-            f'key_path = "{c.key_path}"',
-            f'server_key = "{c.server_key}"',
-            f'ca_file = "{c.ca_file}"',
-            f'folder_root = "{c.folder_root}"',
-            f'state_dir = "{c.state_dir}"',
-            f"settle_seconds = {c.settle_seconds}",
-            f"max_file_bytes = {c.max_file_bytes}",
-        ]
-        for key, value in extra.items():
-            text = json.dumps(list(value) if isinstance(value, tuple) else value)
-            lines.append(f"{key} = {text}")  # JSON strings, lists and numbers are TOML too
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
-
-    def close(self) -> None:
-        self.queue.close()
-
-
-def pending(server: AgentServer, lasdec: str) -> list:
-    """The server's pending batches for ``lasdec`` (from its database), in sequence order."""
-    return list_batches(server.storage, lasdec, pending_only=True)
-
-
-def batch_row(server: AgentServer, lasdec: str, batch_id: str):  # type: ignore[no-untyped-def]
-    found = [
-        b
-        for b in list_batches(server.storage, lasdec, pending_only=False)
-        if b.batch_id == batch_id
-    ]
-    assert found, batch_id
-    return found[0]
-
-
-_DAYS = iter(range(1, 400))
-
-
-def publish_days(server: AgentServer, counts: Mapping[str, int], days: int = 1) -> None:
-    """Close ``days`` more business days (later than any before), ``counts`` notices each."""
-    for _ in range(days):
-        offset = next(_DAYS)
-        api_publish(
-            server.storage,
-            server.blobs,
-            server.server_key,
-            datetime.now(UTC) + timedelta(days=offset),
-            dict(counts),
-            seed=100 + offset,
-        )
-
-
-def expected_name(batch) -> str:  # type: ignore[no-untyped-def]
-    return inbox_name(batch.lasdec, batch.business_date.isoformat(), batch.sequence)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

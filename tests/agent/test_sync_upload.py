@@ -11,24 +11,26 @@ import dataclasses
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.agent.config import RetryPolicy
 from appliance.agent.mail import MailError
 from appliance.agent.outbox import check_notice_file
 from common import statement
-from common.items import MINISTRY, MUNICIPALITY
+from common.items import MINISTRY
 from common.noticefile import encode_notice_file
-from common.patterns import load_patterns
-from common.records import Record
 from common.synthetic import SampleFactory
-from server.storage import received_notices, uploads
-from tests.agent.conftest import SERVER_NAME, free_port
-from tests.agent.test_sync_download import Site, sha
+from tests.agent.helpers import (
+    Site,
+    dead_transport,
+    drop,
+    notice_file,
+    sha,
+    stored_records,
+    uploads_of,
+)
 from tests.server.conftest import API_A, API_B, API_C
 
 pytestmark = pytest.mark.slow
@@ -45,56 +47,6 @@ def agent_server_env() -> dict[str, str]:
     }
 
 
-# --- files ---------------------------------------------------------------------------------------
-
-_PATTERNS = [p for p in load_patterns(MUNICIPALITY).values() if not p.pending]
-
-
-def notice_records(lasdec: str, count: int, tag: str, *, seed: int = 3) -> list[Record]:
-    """Valid municipality notices with record ids unique to ``tag``."""
-    factory = SampleFactory(seed=seed)
-    return [
-        factory.record(_PATTERNS[i % len(_PATTERNS)], lasdec, record_id=f"C-{tag}-{i:05d}")
-        for i in range(count)
-    ]
-
-
-def notice_file(
-    lasdec: str, count: int, tag: str, *, bad: tuple[int, ...] = (), seed: int = 3
-) -> bytes:
-    records = notice_records(lasdec, count, tag, seed=seed)
-    for index in bad:
-        record = records[index]
-        column = next(c for c in record.values if c.endswith("date"))
-        records[index] = record.with_values(**{column: "20261399"})
-    return encode_notice_file(MUNICIPALITY, records)
-
-
-def stored_records(site: Site, tag: str) -> list[str]:
-    """Record ids the server stored for the site's municipality with ``tag``."""
-    with site.server.storage.read() as conn:
-        rows = conn.execute(
-            sa.select(received_notices.c.record_id).where(
-                received_notices.c.lasdec == site.lasdec,
-                received_notices.c.record_id.like(f"C-{tag}-%"),
-            )
-        ).scalars()
-        return sorted(rows)
-
-
-def uploads_of(site: Site, data: bytes) -> int:
-    with site.server.storage.read() as conn:
-        return conn.execute(
-            sa.select(sa.func.count()).select_from(uploads).where(uploads.c.sha256 == sha(data))
-        ).scalar()
-
-
-def drop(site: Site, name: str, data: bytes) -> Path:
-    path = site.folders.outbox / name
-    path.write_bytes(data)
-    return path
-
-
 @pytest.fixture
 def make_site(agent_server, tmp_path):  # type: ignore[no-untyped-def]
     sites: list[Site] = []
@@ -107,11 +59,6 @@ def make_site(agent_server, tmp_path):  # type: ignore[no-untyped-def]
     yield make
     for site in sites:
         site.close()
-
-
-def dead_transport(site: Site):  # type: ignore[no-untyped-def]
-    """A transport to a port nothing listens on: every request is ``net.refused``."""
-    return site.server.transport(site.terminal, url=f"https://{SERVER_NAME}:{free_port()}")
 
 
 # --- the tests -----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from aiosmtpd.controller import Controller
 from appliance.agent.config import AgentConfig
 from appliance.agent.folders import FOLDER_MODES
 from server.tls import make_dev_ca, make_server_cert
-from tests.agent.test_mail import HOST, Recorder, Tls, free_port
+from tests.agent.helpers import HOST, Recorder, Tls, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS = REPO / "appliance" / "rootfs"
