@@ -42,3 +42,35 @@ def test_every_problem_code_is_documented():
 def test_readme_names_the_two_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make demo" in readme and "make test" in readme
+
+
+def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
+    import click
+
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, path)
+        else:
+            yield path, command
+
+
+def test_every_command_has_help_with_an_example():
+    """As in sqlite-utils: a command without help (and an example) fails the build."""
+    from appliance.agent.cli import main as agent
+    from common.cli import main as fmt
+    from provisioning.cli import main as provision
+    from server.cli import main as server
+
+    missing = []
+    for program, group in (
+        ("renkei-format", fmt),
+        ("renkei-server", server),
+        ("renkei-agent", agent),
+        ("renkei-provision", provision),
+    ):
+        for path, command in _commands(group):
+            text = command.help or ""
+            if "Example" not in text and "例" not in text:
+                missing.append(" ".join((program, *path)))
+    assert missing == []
