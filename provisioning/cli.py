@@ -108,6 +108,25 @@ def _prompt_settings(given: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _key_lines(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--lan-drop-key``: a key line as is; anything else is a file of key lines."""
+    from .landrop import is_key_line
+
+    lines: list[str] = []
+    for value in values:
+        if is_key_line(value):
+            lines.append(value)
+            continue
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(
+                f"{value}: neither a public key nor a readable file ({exc})"
+            ) from None
+        lines += [line for line in text.splitlines() if line.strip() and line[0] != "#"]
+    return tuple(lines)
+
+
 @main.command()
 @_root_option
 @click.option(
@@ -127,6 +146,20 @@ def _prompt_settings(given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--lasdec", help="Local government code (6 digits, with check digit).")
 @click.option("--smtp-host")
 @click.option("--smtp-port", type=int)
+@click.option(
+    "--business-end", help="End of business hours, HH:MM (the agent runs 15 minutes later)."
+)
+@click.option("--lan-drop-interface", help="LAN drop: the second interface (off when not given).")
+@click.option("--lan-drop-address", help="LAN drop: this appliance's LAN address/prefix.")
+@click.option("--lan-drop-allow", multiple=True, help="LAN drop: a staff PC address or prefix.")
+@click.option(
+    "--lan-drop-key",
+    "lan_drop_keys",
+    multiple=True,
+    callback=lambda _ctx, _param, values: _key_lines(values),
+    help="LAN drop: a staff public key line, or a .pub / authorized_keys file of them.",
+)
+@click.option("--lan-drop-gateway", help="LAN drop: the LAN router, for PCs in other subnets.")
 @click.option("--dry-run", is_flag=True, help="Show what would change (a diff); write nothing.")
 @click.option("--yes", is_flag=True, help="Do not prompt: every setting comes from flags/file.")
 def configure(root: Path, from_file: Path | None, dry_run: bool, yes: bool, **flags: Any) -> None:
@@ -158,6 +191,12 @@ def configure(root: Path, from_file: Path | None, dry_run: bool, yes: bool, **fl
             f"interface: {settings.interface!r} does not exist on this appliance "
             "(see 'ip link'); nothing was written"
         )
+    lan = settings.lan_drop
+    if _real(root) and lan is not None and not interface_exists(lan.interface):
+        raise click.ClickException(
+            f"lan_drop_interface: {lan.interface!r} does not exist (see 'ip link'); "
+            "nothing was written"
+        )
     files = render_all(settings, applying.read_enrollment(root))
     click.echo(f"{settings.lasdec} {settings.municipality}")
     if dry_run:
@@ -176,6 +215,8 @@ def configure(root: Path, from_file: Path | None, dry_run: bool, yes: bool, **fl
         click.echo(
             "now: networkctl reload; systemctl restart chrony nftables; systemctl daemon-reload"
         )
+        if settings.lan_drop is not None:
+            click.echo("LAN drop: systemctl enable --now renkei-landrop-sshd.service")
 
 
 @main.command()

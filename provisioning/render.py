@@ -22,6 +22,13 @@ Decisions (docs/provisioning.md explains them to the technician):
   the relay, ICMP echo to the gateway (the technician's reachability check)
   and DHCP when used; input allows only replies (established/related) and
   loopback.  IPv6 leaves nowhere.
+* **The agent timer follows ``business_end``.**  A drop-in replaces the
+  shipped ``OnCalendar=`` times (appliance/rootfs/…/renkei-agent.timer) with
+  the evening run 15 minutes after ``business_end`` and the retry run 3 h 30
+  after it, as shipped (17:15 → 17:30 and 21:00), but no later than 21:30
+  while that still leaves 1 h 30 (the queue's ``retry.cap`` plus the timer's
+  30-minute random delay).  The same ``business_end`` goes into agent.toml,
+  so the configuration and the timer cannot disagree.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from . import landrop
 from .settings import Endpoint, Settings, settings_to_mapping
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "NFTABLES_CONF",
     "PROVISION_TOML",
     "RESOLV_CONF",
+    "SCHEDULE_DROPIN",
     "TABLE",
     "Enrollment",
     "FileContent",
@@ -50,6 +59,8 @@ __all__ = [
     "render_network_dropin",
     "render_nftables",
     "render_resolv",
+    "render_schedule",
+    "schedule_times",
     "toml_text",
 ]
 
@@ -60,6 +71,7 @@ NFTABLES_CONF = "/etc/nftables.conf"
 AGENT_TOML = "/etc/renkei/agent.toml"
 PROVISION_TOML = "/etc/renkei/provision.toml"
 NETWORK_DROPIN = "/etc/systemd/system/renkei-agent.service.d/network.conf"
+SCHEDULE_DROPIN = "/etc/systemd/system/renkei-agent.timer.d/schedule.conf"
 #: The nftables table provisioning owns.
 TABLE = "renkei"
 KEY_PATH = "/var/lib/renkei/terminal-key.pem"
@@ -169,6 +181,7 @@ def render_nftables(settings: Settings) -> str:
     if settings.dhcp:
         out.append('udp sport 68 udp dport 67 accept comment "DHCP"')
         inp.append('udp sport 67 udp dport 68 accept comment "DHCP"')
+    inp += landrop.input_rules(settings.lan_drop)
 
     def chain(name: str, rules: list[str]) -> list[str]:
         return [
@@ -202,6 +215,42 @@ def render_network_dropin(settings: Settings) -> str:
     allowed.append(str(server.network_address) if server.prefixlen == 32 else str(server))
     unique = list(dict.fromkeys(allowed))
     return f"{_HEADER}[Service]\nIPAddressAllow={' '.join(unique)}\n"
+
+
+def _minutes(hhmm: str) -> int:
+    hour, minute = hhmm.split(":")
+    return int(hour) * 60 + int(minute)
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def schedule_times(business_end: str) -> tuple[str, str]:
+    """The evening run and the retry run (HH:MM, Japan time) for ``business_end``.
+
+    Run: 15 min after business_end.  Retry: 3 h 30 after the run as shipped,
+    capped at 21:30 (appliances switched off at night), but never less than
+    1 h 30 after the run.  ``business_end`` ≤ 22:00 keeps both on the same day.
+    """
+    run = _minutes(business_end) + 15
+    retry = min(run + 210, max(21 * 60 + 30, run + 90))
+    if retry >= 24 * 60:
+        raise ValueError(f"business_end {business_end}: the retry run would fall after midnight")
+    return _hhmm(run), _hhmm(retry)
+
+
+def render_schedule(settings: Settings) -> str:
+    """The agent timer's drop-in: the shipped times cleared, the ones for business_end set."""
+    run, retry = schedule_times(settings.business_end)
+    return (
+        f"{_HEADER}# business_end {settings.business_end} (agent.toml): the run 15 min after it,\n"
+        "# the retry later the same evening (docs/provisioning.md).\n"
+        "[Timer]\n"
+        "OnCalendar=\n"
+        f"OnCalendar=Mon..Fri {run} Asia/Tokyo\n"
+        f"OnCalendar=Mon..Fri {retry} Asia/Tokyo\n"
+    )
 
 
 def _toml_value(value: object) -> str:
@@ -238,6 +287,7 @@ def render_agent_toml(settings: Settings, enrollment: Enrollment) -> str:
         data["ca_file"] = enrollment.ca_file
     data["dns_servers"] = [s.text(53) for s in settings.dns_servers]
     data["ntp_servers"] = [s.text(123) for s in settings.ntp_servers]
+    data["business_end"] = settings.business_end
     tables: dict[str, dict[str, object]] = {}
     if settings.smtp_host is not None:
         smtp: dict[str, object] = {"host": str(settings.smtp_host), "port": settings.smtp_port}
@@ -262,7 +312,10 @@ def render_all(settings: Settings, enrollment: Enrollment | None = None) -> dict
         RESOLV_CONF: FileContent(render_resolv(settings)),
         NFTABLES_CONF: FileContent(render_nftables(settings), mode=0o755),
         NETWORK_DROPIN: FileContent(render_network_dropin(settings)),
+        SCHEDULE_DROPIN: FileContent(render_schedule(settings)),
     }
+    for path, (text, mode) in landrop.render_files(settings.lan_drop).items():
+        files[path] = FileContent(text, mode=mode)
     if enrollment is not None:
         files[AGENT_TOML] = FileContent(
             render_agent_toml(settings, enrollment), mode=0o640, group="renkei-agent"

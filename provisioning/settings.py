@@ -24,11 +24,16 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import lasdec as lasdec_codes
 
+if TYPE_CHECKING:
+    from .landrop import LanDrop
+
 __all__ = [
+    "BUSINESS_END",
+    "BUSINESS_END_RANGE",
     "Endpoint",
     "Settings",
     "SettingsError",
@@ -44,6 +49,11 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 _MAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+_HHMM = re.compile(r"([0-9]{1,2}):([0-9]{2})")
+#: The agent's default business_end (appliance/agent/config.py) and the shipped timer's.
+BUSINESS_END = "17:15"
+#: business_end must lie in this range: the evening run and its retry stay on the same day.
+BUSINESS_END_RANGE = ("12:00", "22:00")
 
 FIELDS = (
     "interface",
@@ -59,6 +69,13 @@ FIELDS = (
     "smtp_port",
     "smtp_sender",
     "smtp_recipients",
+    "business_end",
+    # The optional LAN drop (provisioning/landrop.py checks these).
+    "lan_drop_interface",
+    "lan_drop_address",
+    "lan_drop_allow",
+    "lan_drop_keys",
+    "lan_drop_gateway",
 )
 
 
@@ -104,6 +121,9 @@ class Settings:
     smtp_port: int = 25
     smtp_sender: str | None = None
     smtp_recipients: tuple[str, ...] = field(default=())
+    lan_drop: LanDrop | None = None
+    #: When staff stop dropping files (HH:MM, Japan time); the agent timer follows it.
+    business_end: str = BUSINESS_END
 
     @property
     def server_name(self) -> str:
@@ -210,6 +230,25 @@ def _boolean(name: str, value: Any) -> bool:
     raise SettingsError(name, f"must be yes or no, got {value!r}")
 
 
+def _business_end(value: Any) -> str:
+    """``"17:15"`` → ``"17:15"``; a TOML time (17:15:00) is accepted too."""
+    if hasattr(value, "hour") and hasattr(value, "minute") and not isinstance(value, str):
+        value = f"{value.hour:02d}:{value.minute:02d}"
+    text = _text("business_end", value)
+    match = _HHMM.fullmatch(text)
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise SettingsError("business_end", f"{text!r} is not a time of day as HH:MM, e.g. 17:15")
+    text = f"{int(match[1]):02d}:{match[2]}"
+    low, high = BUSINESS_END_RANGE
+    if not low <= text <= high:
+        raise SettingsError(
+            "business_end",
+            f"{text} is outside {low}-{high}: the agent runs 15 min after it and retries "
+            "later the same evening",
+        )
+    return text
+
+
 def parse_settings(data: Mapping[str, Any]) -> Settings:
     """Check every value and their relations; raise :class:`SettingsError` at the first problem.
 
@@ -287,6 +326,9 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
             if not isinstance(item, str) or not _MAIL.fullmatch(item):
                 raise SettingsError("smtp_recipients", f"{item!r} is not a mail address")
         recipients = tuple(value)
+    from .landrop import parse_lan_drop  # here: landrop imports this module
+
+    lan_drop = parse_lan_drop(data, interface, address.network if address else None)
     return Settings(
         interface=interface,
         dhcp=dhcp,
@@ -302,6 +344,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         smtp_port=smtp_port,
         smtp_sender=sender,
         smtp_recipients=recipients,
+        business_end=_business_end(data.get("business_end", BUSINESS_END)),
+        lan_drop=lan_drop,
     )
 
 
@@ -315,6 +359,7 @@ def settings_to_mapping(settings: Settings) -> dict[str, Any]:
         "server_url": settings.server_url,
         "server_address": str(settings.server_address),
         "lasdec": settings.lasdec,
+        "business_end": settings.business_end,
     }
     if settings.address is not None:
         data["address"] = str(settings.address)
@@ -326,6 +371,9 @@ def settings_to_mapping(settings: Settings) -> dict[str, Any]:
             data["smtp_sender"] = settings.smtp_sender
         if settings.smtp_recipients:
             data["smtp_recipients"] = list(settings.smtp_recipients)
+    from .landrop import lan_drop_to_mapping
+
+    data.update(lan_drop_to_mapping(settings.lan_drop))
     return data
 
 

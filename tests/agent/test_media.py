@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,19 @@ class Loop:
 
     def cleanup(self) -> None:
         while _mounted_at(self.where):
-            subprocess.run(["umount", "-l", str(self.where)], check=False)
+            plain = subprocess.run(["umount", str(self.where)], check=False, capture_output=True)
+            if plain.returncode != 0:  # still busy: detach it lazily
+                subprocess.run(["umount", "-l", str(self.where)], check=False)
         subprocess.run(["losetup", "-d", str(self.device)], check=False, capture_output=True)
+
+    def attached(self) -> str:
+        """What still holds the image; the kernel may take a moment to let go under load."""
+        deadline = time.monotonic() + 10
+        while True:
+            out = subprocess.run(["losetup", "-j", str(self.image)], capture_output=True, text=True)
+            if not out.stdout.strip() or time.monotonic() > deadline:
+                return out.stdout.strip()
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -93,8 +105,8 @@ def make_loop(tmp_path):
     yield make
     for loop in loops:
         loop.cleanup()
-        out = subprocess.run(["losetup", "-j", str(loop.image)], capture_output=True, text=True)
-        assert out.stdout.strip() == "", f"loop device leaked: {out.stdout}"
+        leaked = loop.attached()
+        assert leaked == "", f"loop device leaked: {leaked}"
 
 
 @pytest.fixture

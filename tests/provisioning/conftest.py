@@ -152,3 +152,29 @@ from tests.agent.conftest import (  # noqa: E402, F401
     lgwan_dns,
     ntp_server,
 )
+
+
+@pytest.fixture
+def enrolled_root(tmp_path, runner, agent_server, lgwan_dns, ntp_server):  # type: ignore[no-untyped-def]  # noqa: F811
+    """A root configured for the 127.0.0.1 services (port ``lo``) and enrolled with the server."""
+    from datetime import UTC, datetime
+
+    from provisioning.cli import load_saved_settings
+    from provisioning.enroll import enroll
+    from server.enrollment import issue_token
+    from tests.server.conftest import API_A
+
+    data = base_settings(
+        interface="lo",
+        address="127.0.0.1/8",
+        gateway="127.0.0.2",
+        server_url=agent_server.url,
+        server_address="127.0.0.1/32",
+        dns_servers=[lgwan_dns.address],
+        ntp_servers=[ntp_server.address],
+        smtp_host=None,
+    )
+    assert invoke(runner, "configure", "--root", str(tmp_path), *flags(data)).exit_code == 0
+    token = issue_token(agent_server.storage, API_A, now=datetime.now(UTC), ttl=3600)
+    enroll(load_saved_settings(tmp_path), tmp_path, token, ca_file=agent_server.ca_file)
+    return tmp_path

@@ -11,10 +11,9 @@ from common import statement
 from provisioning import render
 from provisioning.apply import under
 from tests.provisioning.conftest import invoke
-from tests.provisioning.test_check import enrolled_root  # noqa: F401  (fixture)
 
 
-def test_report_is_signed_by_the_terminal_key(enrolled_root, runner, tmp_path):  # noqa: F811
+def test_report_is_signed_by_the_terminal_key(enrolled_root, runner, tmp_path):
     out = tmp_path / "report"
     result = invoke(runner, "report", "--root", str(enrolled_root), "--out", str(out))
     assert result.exit_code == 0, result.output
