@@ -56,6 +56,7 @@ __all__ = [
     "check_name",
     "is_temporary_name",
     "move_to",
+    "numbered_names",
     "place_atomically",
     "safe_name",
 ]
@@ -204,7 +205,7 @@ def safe_name(name: str, *, max_bytes: int = _MAX_TARGET_BYTES) -> str:
     return name
 
 
-def _numbered(name: str) -> Iterator[str]:
+def numbered_names(name: str) -> Iterator[str]:
     """``name``, ``stem (2).ext``, ``stem (3).ext`` … (the extension is the last suffix)."""
     yield name
     stem, dot, ext = name.rpartition(".")
@@ -303,7 +304,7 @@ def place_atomically(
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
         digest = sha.hexdigest()
-        for candidate in _numbered(name):
+        for candidate in numbered_names(name):
             target = folder / candidate
             if _same_content(target, size, digest):
                 temp.unlink()  # our own temporary: the same bytes are already placed
@@ -339,7 +340,7 @@ def move_to(path: Path, folder: Path, *, name: str | None = None) -> Path:
     st = path.lstat()
     if not stat.S_ISREG(st.st_mode):
         raise FolderError(f"{path}: only regular files are moved", code="folder.not_regular")
-    for candidate in _numbered(target_name):
+    for candidate in numbered_names(target_name):
         target = folder / candidate
         try:
             _rename_noreplace(path, target)

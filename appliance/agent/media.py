@@ -48,7 +48,7 @@ from pathlib import Path
 from common.atomicwrite import TEMP_MARK, TEMP_PREFIX, fsync_dir
 
 from .errors import AgentError
-from .folders import REASONS, check_name, is_temporary_name, place_atomically
+from .folders import REASONS, check_name, is_temporary_name, numbered_names, place_atomically
 from .outbox import REPORT_SUFFIX, check_notice_file
 from .reports import local_rejection_report, refusal_report, report_bytes
 
@@ -85,7 +85,6 @@ MUNICIPALITY_DIR = "MUNICIPALITY"
 JOURNAL_NAME = "media-journal.jsonl"
 _CHUNK = 1 << 20
 _INBOX_NAME = re.compile(r"ministry-[0-9]{6}-([0-9]{8})-[0-9]+\.csv")
-_MAX_NUMBER = 999
 
 
 class MediaError(AgentError):
@@ -280,15 +279,6 @@ def _read_back(path: Path) -> str:
         os.close(fd)
 
 
-def _numbered(name: str) -> Iterable[str]:
-    yield name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    for number in range(2, _MAX_NUMBER + 1):
-        yield f"{stem} ({number}).{ext}" if ext else f"{stem} ({number})"
-
-
 def _io_error(exc: OSError, what: str) -> MediaError:
     full = exc.errno == errno.ENOSPC
     return MediaError(
@@ -346,7 +336,7 @@ def write_verified(
                 code="media.verify",
                 message_ja="媒体に書いた内容を読み返すと一致しません。別の媒体を使ってください。",
             )
-        for candidate in _numbered(name):
+        for candidate in numbered_names(name):
             target = folder / candidate
             if target.exists():
                 if target.stat().st_size == size and _read_back(target) == digest:
@@ -493,7 +483,7 @@ def _read_limited(path: Path, max_bytes: int) -> bytes | None:
 
 def _move_on_media(path: Path, folder: Path) -> str:
     folder.mkdir(exist_ok=True)
-    for candidate in _numbered(path.name):
+    for candidate in numbered_names(path.name):
         if not (folder / candidate).exists():
             os.rename(path, folder / candidate)
             fsync_dir(folder)
@@ -575,7 +565,7 @@ def _refuse(path: Path, folder: Path, text: str) -> None:
     """Report first (beside where the file will be), then move the file: never one without it."""
     refused = folder / "refused"
     refused.mkdir(exist_ok=True)
-    for candidate in _numbered(path.name):
+    for candidate in numbered_names(path.name):
         if (refused / candidate).exists():
             continue
         entry = write_verified(report_bytes(text), refused, candidate + REPORT_SUFFIX)
