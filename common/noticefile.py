@@ -319,10 +319,14 @@ class NoticeReader:
     def __iter__(self) -> Iterator[Record | RowError]:
         parser = self._parser
         stats = self.stats
+        # The common line (no quotes, no stray line breaks, the right width, a new id) is
+        # handled inline; anything else goes through the parser, which explains what is wrong.
+        columns, width, seen, make = parser.columns, parser.width, parser.seen, parser.record_type
+        decode = juki.decode
         for line_no, offset, raw in self._lines:
             stats.lines = line_no
             try:
-                text = juki.decode(raw)
+                text = decode(raw)
             except UnicodeDecodeError as exc:
                 unit = raw[exc.start - exc.start % 2 : exc.start - exc.start % 2 + 2]
                 result: Record | RowError = RowError(
@@ -332,7 +336,21 @@ class NoticeReader:
                     f"{exc.start // 2 + 1} 文字目（J+{unit.hex().upper()}）は住基統一文字コードの文字ではありません",
                 )
             else:
-                result = parser.parse_line(line_no, text)
+                if '"' in text or "\r" in text or "\n" in text:
+                    result = parser.parse_line(line_no, text)
+                else:
+                    fields = text.split(",")
+                    record_id = fields[0]
+                    if len(fields) != width or not record_id or record_id in seen:
+                        result = parser.parse_fields(line_no, fields)
+                    else:
+                        seen.add(record_id)
+                        values = fields[2:]
+                        result = make(
+                            record_id,
+                            fields[1],
+                            dict(compress(zip(columns, values, strict=True), values)),
+                        )
             if isinstance(result, RowError):
                 stats.row_errors += 1
             else:
