@@ -43,19 +43,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.agent.transport import HttpsTransport
+from bench.server import init_server
 from common import statement
-from common.items import MINISTRY, MUNICIPALITY
-from common.noticefile import encode_notice_file, records_to_jsonl
+from common.items import MUNICIPALITY
+from common.noticefile import encode_notice_file
 from common.synthetic import SampleFactory
-from server.blobs import BlobStore
-from server.closeday import close_day
-from server.config import ServerConfig, load_config
+from server.config import ServerConfig
 from server.enrollment import enroll, issue_token
-from server.ingest import import_notices
 from server.keys import load_or_create_signing_key
-from server.municipalities import load_master, shipped_master
-from server.storage import Storage, business_day
-from server.tls import make_dev_ca, make_server_cert
+from server.storage import Storage
 from tests.server.client import GunicornProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,33 +59,6 @@ LASDEC = "131024"  # 東京都中央区
 RECORDS = 10_000
 TARGET_RSS_MB = 100
 TIMEOUT = 600.0
-
-
-def _init(data_dir: Path) -> ServerConfig:
-    """A server data folder with TLS (certificate for 127.0.0.1) and one 10,000-record batch."""
-    ca_cert, ca_key = make_dev_ca(data_dir / "tls")
-    make_server_cert(data_dir / "tls", ca_cert, ca_key)
-    config = load_config(env={}, data_dir=data_dir)
-    config.blob_dir.mkdir(parents=True, exist_ok=True)
-    storage = Storage(config.database_url)
-    try:
-        storage.migrate()
-        load_master(storage, [m for m in shipped_master() if m.code in ("130001", LASDEC)])
-        key = load_or_create_signing_key(config.signing_key_path)
-        now = datetime.now(UTC)
-        day = business_day(now)
-        out = io.StringIO()
-        records_to_jsonl(
-            MINISTRY, SampleFactory(seed=3, day=day).day_of(MINISTRY, LASDEC, RECORDS), out
-        )
-        result = import_notices(
-            storage, out.getvalue().encode(), file_name="day.jsonl", business_date=day, now=now
-        )
-        assert result.ok, result.to_json()["file_error"]
-        close_day(storage, BlobStore(config.blob_dir), key, day, now=now)
-    finally:
-        storage.dispose()
-    return config
 
 
 def _terminal(config: ServerConfig) -> tuple[str, Ed25519PrivateKey]:
@@ -206,7 +175,7 @@ def _measure(argv: list[str], log: Path) -> tuple[int, float, float, str]:
 def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="renkei-bench-agent-") as temp:
         root = Path(temp)
-        config = _init(root / "data")
+        config = init_server(root / "data", {LASDEC: RECORDS})
         bare_terminal, agent_terminal = _terminal(config), _terminal(config)
         bare_file, agent_file = _municipality_file(0), _municipality_file(1)
         gunicorn = GunicornProcess(

@@ -32,7 +32,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -60,7 +59,7 @@ from server.keys import load_or_create_signing_key
 from server.municipalities import load_master, shipped_master
 from server.storage import Storage, business_day
 from server.tls import make_dev_ca, make_server_cert
-from tests.server.client import GunicornProcess, SigningClient
+from tests.server.client import GunicornProcess, SigningClient, stop_process_group
 
 TARGET = 0.3
 DAILY = "131016"  # 東京都千代田区: the 1,000-record batch, the uploads
@@ -74,8 +73,10 @@ DOWNLOADS_PER_CLIENT = 40
 LARGE_DOWNLOADS_PER_CLIENT = 8
 
 
-def _init(data_dir: Path) -> ServerConfig:
-    """A server data folder with TLS and the day's batches: 1,000 and 10,000 records."""
+def init_server(data_dir: Path, batches: dict[str, int]) -> ServerConfig:
+    """A server data folder with TLS (certificate for 127.0.0.1) and, for today, one batch of
+    ``batches[lasdec]`` ministry notices per municipality named (the agent benchmark uses it too).
+    """
     ca_cert, ca_key = make_dev_ca(data_dir / "tls")
     make_server_cert(data_dir / "tls", ca_cert, ca_key)
     config = load_config(env={}, data_dir=data_dir)
@@ -83,20 +84,18 @@ def _init(data_dir: Path) -> ServerConfig:
     storage = Storage(config.database_url)
     try:
         storage.migrate()
-        load_master(storage, [m for m in shipped_master() if m.code in ("130001", DAILY, LARGE)])
+        load_master(
+            storage, [m for m in shipped_master() if m.code == "130001" or m.code in batches]
+        )
         key = load_or_create_signing_key(config.signing_key_path)
         now = datetime.now(UTC)
         day = business_day(now)
         samples = SampleFactory(seed=3, day=day)
         out = io.StringIO()
-        records_to_jsonl(
-            MINISTRY,
-            [
-                *samples.day_of(MINISTRY, DAILY, RECORDS),
-                *samples.day_of(MINISTRY, LARGE, LARGE_RECORDS),
-            ],
-            out,
-        )
+        records = [
+            r for lasdec, count in batches.items() for r in samples.day_of(MINISTRY, lasdec, count)
+        ]
+        records_to_jsonl(MINISTRY, records, out)
         result = import_notices(
             storage, out.getvalue().encode(), file_name="day.jsonl", business_date=day, now=now
         )
@@ -263,16 +262,8 @@ http {{
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        if process is not None:
+            stop_process_group(process, timeout=10)
 
 
 def _close(clients: list[SigningClient]) -> None:
@@ -284,7 +275,7 @@ def run() -> dict:
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="renkei-bench-server-") as temp:
         root = Path(temp)
-        config = _init(root / "data")
+        config = init_server(root / "data", {DAILY: RECORDS, LARGE: LARGE_RECORDS})
         files = _upload_files(CLIENTS * UPLOADS_PER_CLIENT)
         daily_ids = _terminals(config, DAILY, CLIENTS)
         large_ids = _terminals(config, LARGE, CLIENTS)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -45,7 +44,7 @@ from server.enrollment import revoke_terminal
 from server.keys import load_signing_key
 from server.storage import Storage
 from server.tls import make_dev_ca, make_server_cert
-from tests.server.client import GunicornProcess
+from tests.server.client import GunicornProcess, stop_process_group
 from tests.server.conftest import API_A, API_B, API_C, api_enroll, api_init_data, api_publish
 
 #: The server's name in the tests: in its certificate, and what dnsmasq answers for.
@@ -111,20 +110,7 @@ class Daemon:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait(timeout=5)
+        stop_process_group(self.process, timeout=5)
 
 
 def _wait(ready, daemon: Daemon, what: str, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]

@@ -19,27 +19,13 @@ import pytest
 from provisioning import render
 from provisioning.apply import under
 from server.enrollment import issue_token
-from tests.provisioning.conftest import need_root_tools
+from tests.provisioning.conftest import flags, need_root_tools
 from tests.provisioning.topology import Topology
 from tests.server.conftest import API_A
 
 #: The checks that prove the network path; chrony (the appliance's own chronyd)
 #: and timer (systemd) do not run in a test namespace and only warn there.
 NETWORK = ("link", "gateway", "tls", "signed request", "server clock", "firewall")
-
-
-def configure_args(data: dict[str, object]) -> list[str]:
-    out = ["--yes"]
-    for key, value in data.items():
-        name = "--" + {"dns_servers": "dns", "ntp_servers": "ntp"}.get(key, key).replace("_", "-")
-        if key == "dhcp":
-            out.append("--dhcp" if value else "--static")
-        elif isinstance(value, list):
-            for item in value:
-                out += [name, str(item)]
-        else:
-            out += [name, str(value)]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +42,7 @@ def topology(tmp_path_factory) -> Iterator[Topology]:  # type: ignore[no-untyped
 def site(topology, tmp_path_factory):  # type: ignore[no-untyped-def]
     """The appliance configured, its ruleset loaded, and enrolled — all from the terminal."""
     root = tmp_path_factory.mktemp("appliance")
-    done = topology.provision(
-        "configure", "--root", str(root), *configure_args(topology.settings())
-    )
+    done = topology.provision("configure", "--root", str(root), *flags(topology.settings()))
     assert done.returncode == 0, done.stdout + done.stderr
     topology.load_ruleset(under(root, render.NFTABLES_CONF))
     assert topology.server is not None and topology.gunicorn is not None
@@ -159,9 +143,7 @@ def test_firewall_without_the_ntp_allowance(topology, site, tmp_path):
 @pytest.mark.parametrize("which", ["wrong", "used"])
 def test_enroll_refuses_a_bad_token(topology, site, tmp_path, which):
     root = tmp_path / "appliance"
-    done = topology.provision(
-        "configure", "--root", str(root), *configure_args(topology.settings())
-    )
+    done = topology.provision("configure", "--root", str(root), *flags(topology.settings()))
     assert done.returncode == 0, done.stderr
     token = (site / "used-token").read_text() if which == "used" else "AAAAA-BBBBB-CCCCC-DDDDD"
     assert topology.gunicorn is not None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import http.client
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -37,7 +36,7 @@ import pytest
 
 from tests.agent.conftest import SERVER_NAME, AgentServer, Chronyd, Daemon, _wait, need
 from tests.provisioning.conftest import OTHER_HOST, SERVER_ADDRESS, TERMINAL_ADDRESS, Lgwan
-from tests.server.client import GUNICORN_CONF, ROOT
+from tests.server.client import GUNICORN_CONF, ROOT, stop_process_group
 from tests.server.conftest import API_A
 
 __all__ = [
@@ -252,20 +251,8 @@ class NsGunicorn:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # workers share the group
-        except ProcessLookupError:
-            pass
+        if process is not None:
+            stop_process_group(process)
 
 
 class _Adopted(Daemon):

@@ -38,6 +38,28 @@ GUNICORN_CONF = ROOT / "server" / "gunicorn.conf.py"
 _LISTENING = re.compile(r"Listening at: https?://([0-9.]+):([0-9]+)")
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group, wait, SIGKILL if it lingers; then kill any member left behind.
+
+    Every server a test or benchmark starts (gunicorn, nginx, dnsmasq, chronyd) runs in its own
+    process group (``start_new_session=True``), so its workers go with it.
+    """
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # workers share the group
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(timeout=timeout)
+
+
 @dataclass
 class Reply:
     status: int
@@ -339,20 +361,7 @@ class GunicornProcess:
         self.port = None
         if process is None:
             return
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-        # workers are in the same group; make sure none outlived the master
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_group(process, timeout)
 
     def restart(self) -> None:
         """Stop, then start again on the same port (signatures cover host and port)."""
