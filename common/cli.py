@@ -31,6 +31,7 @@ from .noticefile import (
     records_to_jsonl,
 )
 from .records import Record
+from .rejections import row_error_entry
 from .validation import validate
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -233,22 +234,7 @@ class _JsonReport:
         self.first = False
 
     def row_error(self, row: RowError) -> None:
-        self._item(
-            {
-                "line": row.line,
-                "record_id": row.record_id,
-                "pattern": None,
-                "problems": [
-                    {
-                        "code": row.code,
-                        "item": None,
-                        "column": row.column,
-                        "message": row.message_ja,
-                        "message_en": row.message,
-                    }
-                ],
-            }
-        )
+        self._item({**row_error_entry(row), "pattern": None})
 
     def record(self, record: Record, problems: list) -> None:
         self._item(

@@ -56,6 +56,7 @@ __all__ = [
     "check_name",
     "is_temporary_name",
     "move_to",
+    "MAX_NUMBERED",
     "numbered_names",
     "place_atomically",
     "safe_name",
@@ -66,7 +67,7 @@ __all__ = [
 #: a numbered suffix and the temporary prefix and mark.
 MAX_NAME_BYTES = 200
 _MAX_TARGET_BYTES = 230  # names this module writes: MAX_NAME_BYTES + sidecar suffix + " (N)"
-_MAX_NUMBER = 9999
+MAX_NUMBERED = 9999
 _CHUNK = 1 << 20
 
 #: Modes of folders ``ensure`` creates (existing folders are left as they are).
@@ -211,7 +212,7 @@ def numbered_names(name: str) -> Iterator[str]:
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         stem, ext = name, ""
-    for number in range(2, _MAX_NUMBER + 1):
+    for number in range(2, MAX_NUMBERED + 1):
         yield f"{stem} ({number}).{ext}" if ext else f"{stem} ({number})"
 
 
@@ -316,7 +317,7 @@ def place_atomically(
             fsync_dir(folder)
             return target
         raise FolderError(
-            f"{folder}: more than {_MAX_NUMBER} files named like {name!r}; tidy the folder",
+            f"{folder}: more than {MAX_NUMBERED} files named like {name!r}; tidy the folder",
             code="folder.full",
         )
     except BaseException:
@@ -359,7 +360,7 @@ def move_to(path: Path, folder: Path, *, name: str | None = None) -> Path:
         fsync_dir(path.parent)
         return target
     raise FolderError(
-        f"{folder}: more than {_MAX_NUMBER} files named like {target_name!r}; tidy the folder",
+        f"{folder}: more than {MAX_NUMBERED} files named like {target_name!r}; tidy the folder",
         code="folder.full",
     )
 

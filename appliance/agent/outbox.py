@@ -38,7 +38,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,9 +53,11 @@ from common.validation import validate
 from .errors import FolderError
 from .folders import (
     MAX_NAME_BYTES,
+    MAX_NUMBERED,
     REASONS,
     is_temporary_name,
     move_to,
+    numbered_names,
     place_atomically,
     safe_name,
 )
@@ -83,7 +85,6 @@ __all__ = [
 
 RECEIPT_SUFFIX = ".receipt.json"
 REPORT_SUFFIX = ".report.txt"
-_MAX_NUMBER = 9999
 
 
 @dataclass(frozen=True)
@@ -132,16 +133,6 @@ def check_notice_file(data: bytes, name: str) -> LocalCheck:
 
 
 # --- filing a file with its sidecars -------------------------------------------------------------
-
-
-def _candidates(name: str) -> Iterator[str]:
-    """``name``, ``stem (2).ext``, ``stem (3).ext`` … (as ``folders.place_atomically`` numbers)."""
-    yield name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    for number in range(2, _MAX_NUMBER + 1):
-        yield f"{stem} ({number}).{ext}" if ext else f"{stem} ({number})"
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -198,7 +189,7 @@ def file_with_sidecars(
     base = safe_name(name, max_bytes=MAX_NAME_BYTES)
     link = source.is_symlink()
     own = source.parent == ctx.folders.spool
-    for candidate in _candidates(base):
+    for candidate in numbered_names(base):
         target = folder / candidate
         beside = [(folder / (candidate + suffix), data) for suffix, data in sidecars]
         if any(path.exists() and not _holds(path, data) for path, data in beside):
@@ -219,7 +210,7 @@ def file_with_sidecars(
             return _move_link(source, target)
         return move_to(source, folder, name=candidate)
     raise FolderError(
-        f"{folder}: more than {_MAX_NUMBER} files named like {base!r}; tidy the folder",
+        f"{folder}: more than {MAX_NUMBERED} files named like {base!r}; tidy the folder",
         code="folder.full",
     )
 
