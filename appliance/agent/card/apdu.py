@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from appliance.agent.errors import AgentError
 
 __all__ = [
+    "DEFAULT_MESSAGES_JA",
     "AID_DF1",
     "AID_DF2",
     "AID_DF3",
@@ -91,10 +92,35 @@ _STATUS = {
 }
 
 
+# Japanese message for codes raised without one (the staff always see Japanese).
+DEFAULT_MESSAGES_JA = {
+    "card.error": "カードの読み取りに失敗しました。",
+    "card.no_pcsc": "PC/SCサービス(pcscd)に接続できません。",
+    "card.bad_tlv": "カードのデータ形式が不正です。カードを置き直して、もう一度実行してください。",
+    "card.bad_response": "カードの応答が不正です。カードを置き直して、もう一度実行してください。",
+    "card.sm_data_incorrect": "セキュアメッセージングのデータが不正です。",
+    "card.bad_card_number": "在留カード等番号は英数字12文字で入力してください。",
+    "card.status": "カードが予期しない応答を返しました。",
+}
+
+
 class CardError(AgentError, ValueError):
-    """Anything about the card, the reader or the exchange that stops a read."""
+    """Anything about the card, the reader or the exchange that stops a read.
+
+    Always carries a Japanese message: the one given, else the default for
+    the code, else a generic one.
+    """
 
     code = "card.error"
+
+    def __init__(self, message: str, *, code: str | None = None, message_ja: str | None = None):
+        effective = code or self.code
+        super().__init__(
+            message,
+            code=code,
+            message_ja=message_ja
+            or DEFAULT_MESSAGES_JA.get(effective, DEFAULT_MESSAGES_JA["card.error"]),
+        )
 
 
 class CardStatusError(CardError):

@@ -18,6 +18,8 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
+from appliance.agent.card.apdu import CardError
+
 __all__ = [
     "GEN1",
     "GEN2",
@@ -64,7 +66,11 @@ def check_card_number(card_number: str) -> bytes:
     """
     value = card_number.strip().upper()
     if len(value) != 12 or not value.isascii() or not value.isalnum():
-        raise ValueError(f"card number must be 12 letters and digits, got {card_number!r}")
+        raise CardError(
+            f"card number must be 12 letters and digits, got {card_number!r}",
+            code="card.bad_card_number",
+            message_ja="在留カード等番号は英数字12文字で入力してください(例: AB12345678CD)。",
+        )
     return value.encode("ascii")
 
 

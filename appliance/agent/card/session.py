@@ -2,18 +2,27 @@
 
 Works over anything with ``transmit(apdu) -> Response`` (``reader.CardConnection``
 in production, a fake in unit tests) and reads only what the caller needs:
-the public card type always; with a card number, the card number file
-(generation 2) or the address block (generation 1 DF2/EF01). Images, the
-signature and the certificate are not read here.
+the public card type always; with a card number, the card number and
+printed entries (generation 2) or the address block (generation 1), and —
+unless the caller turns the check off — the signature with the data it
+covers. The images are part of that signed data, so they are read to
+verify and dropped afterwards; they are returned only when asked for.
 """
 
 from __future__ import annotations
 
+import base64
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from appliance.agent.card import apdu, crypto
+from cryptography import x509
+
+from appliance.agent.card import apdu, crypto, front, signature
 from appliance.agent.card.apdu import CardError, Response, TlvError
+from appliance.agent.card.signature import SignatureCheck
 
 __all__ = [
     "AddressEntry",
@@ -44,14 +53,21 @@ _CARD_TYPES = {
 }
 
 SFI_MF_CARD_TYPE = 0x0A  # MF/EF02, P1 8A
-SFI_GEN2_CARD_NUMBER = 0x01  # DF1/EF01, P1 81
-SFI_GEN1_ADDRESS = 0x01  # DF2/EF01, P1 81
+SFI_GEN2_CARD_NUMBER = 0x01  # DF1/EF01, P1 81 (SM)
+SFI_GEN2_PRINTED = 0x03  # DF1/EF02 printed entries, P1 83 (SM)
+SFI_GEN2_IMAGES = 0x04  # DF1/EF03 name image D0 + face image D1, P1 84 (SM)
+SFI_GEN1_FRONT_IMAGE = 0x05  # DF1/EF01 front image D0, P1 85 (SM)
+SFI_GEN1_PHOTO = 0x06  # DF1/EF02 photo D1, P1 86 (SM)
+SFI_GEN1_ADDRESS = 0x01  # DF2/EF01, P1 81 (plain after authentication)
+SFI_SIGNATURE = 0x02  # DF3/EF01, P1 82 (plain after authentication), both generations
 
 TAG_CARD_TYPE = 0xC1
 TAG_CARD_NUMBER = 0xC2
 TAG_WRITE_DATE = 0xD2
 TAG_LASDEC = 0xD3
 TAG_ADDRESS = 0xD4
+TAG_IMAGE_D0 = 0xD0  # gen 1 front image (MMR TIFF); gen 2 name image (MMR TIFF)
+TAG_IMAGE_D1 = 0xD1  # face photo (JPEG 2000)
 
 
 class Transport(Protocol):
@@ -89,11 +105,42 @@ class AddressEntry:
 
 @dataclass(frozen=True)
 class CardRead:
-    """What one read produced; fields the generation does not offer stay empty."""
+    """What one read produced; fields the generation does not offer stay empty.
+
+    ``images`` holds raw image bytes by name (generation 1 ``front_image``
+    and ``photo``; generation 2 ``name_image`` and ``photo``) and is filled
+    only when the caller asked for images.
+    """
 
     card_type: CardType
     card_number: str | None = None
     addresses: list[AddressEntry] = field(default_factory=list)
+    front: dict[str, Any] | None = None
+    signature: SignatureCheck | None = None
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe view with the keys documented in docs/card.md; images as base64."""
+        out: dict[str, Any] = {
+            "card_type": {
+                "generation": self.card_type.generation,
+                "kind": self.card_type.kind,
+                "specified": self.card_type.specified,
+                "code": self.card_type.code,
+            },
+            "card_number": self.card_number,
+            "front": None if self.front is None else copy.deepcopy(self.front),
+            "addresses": [
+                {"write_date": a.write_date, "lasdec": a.lasdec, "address": a.address}
+                for a in self.addresses
+            ],
+            "signature": None if self.signature is None else self.signature.to_dict(),
+        }
+        if self.images:
+            out["images"] = {
+                name: base64.b64encode(data).decode("ascii") for name, data in self.images.items()
+            }
+        return out
 
 
 def _ok(transport: Transport, command: bytes, what: str) -> bytes:
@@ -188,31 +235,169 @@ def _address_entry(values: dict[int, bytes]) -> AddressEntry:
     return AddressEntry(text(TAG_WRITE_DATE), text(TAG_LASDEC), values[TAG_ADDRESS])
 
 
-def read_card(transport: Transport, card_number: str | None = None) -> CardRead:
-    """Read the card type, and with a card number authenticate and read number/address.
+def _specified_not_supported(card_type: CardType) -> CardError:
+    return CardError(
+        f"card type {card_type.code} is a 特定在留カード-family card; its chip uses a separate "
+        "specification (在留 AP, SET SESSION KEY) that this driver does not implement",
+        code="card.specified_not_supported",
+        message_ja="特定在留カード・特定特別永住者証明書の読み取りには対応していません。",
+    )
 
-    Generation 2: DF1/EF01 (C2) under secure messaging. Generation 1: the card
-    has no readable card-number file, so the verified number is reported, and
-    DF2/EF01 (the address block) is read after authentication.
-    """
-    card_type = read_card_type(transport)
-    if card_number is None:
-        return CardRead(card_type)
-    generation = card_type.generation
-    ks_enc = authenticate(transport, generation, card_number)
-    if generation == crypto.GEN2:
-        _ok(transport, apdu.select_df(apdu.AID_DF1), "SELECT DF1")
-        plain = _sm_read(
-            transport, generation, ks_enc, SFI_GEN2_CARD_NUMBER, "READ BINARY card number"
-        )
-        number = apdu.tlv_dict(plain).get(TAG_CARD_NUMBER)
-        if number is None:
-            raise TlvError("card number file has no C2 object")
-        return CardRead(card_type, number.decode("ascii", errors="replace"))
+
+def _images(data: bytes, what: str) -> dict[int, bytes]:
+    objects = apdu.tlv_dict(data)
+    if TAG_IMAGE_D0 not in objects and TAG_IMAGE_D1 not in objects:
+        raise TlvError(f"{what} holds neither a D0 nor a D1 image")
+    return objects
+
+
+def _check_signature(
+    transport: Transport,
+    generation: int,
+    signed_data: bytes,
+    trust_anchors: Sequence[x509.Certificate],
+    now: datetime,
+) -> SignatureCheck:
+    _ok(transport, apdu.select_df(apdu.AID_DF3), "SELECT DF3")
+    data = _ok(
+        transport, apdu.read_binary(SFI_SIGNATURE, 0, extended=True), "READ BINARY signature"
+    )
+    return signature.verify(generation, data, signed_data, trust_anchors=trust_anchors, at=now)
+
+
+def _signed_data(make, *args) -> bytes | SignatureCheck:
+    """Build the signed data, or an ``invalid`` result when the chip's values cannot be it."""
+    try:
+        return make(*args)
+    except ValueError as exc:  # _Malformed (oversized value) or TlvError
+        return SignatureCheck(signature.INVALID, f"signed data malformed: {exc}")
+
+
+def _read_gen2(
+    transport: Transport,
+    card_type: CardType,
+    ks_enc: bytes,
+    *,
+    trust_anchors: Sequence[x509.Certificate],
+    read_images: bool,
+    check_signature: bool,
+    now: datetime,
+) -> CardRead:
+    def sm(sfi: int, what: str) -> bytes:
+        return _sm_read(transport, crypto.GEN2, ks_enc, sfi, what)
+
+    _ok(transport, apdu.select_df(apdu.AID_DF1), "SELECT DF1")
+    number = apdu.tlv_dict(sm(SFI_GEN2_CARD_NUMBER, "READ BINARY card number")).get(TAG_CARD_NUMBER)
+    if number is None:
+        raise TlvError("card number file has no C2 object")
+    printed = sm(SFI_GEN2_PRINTED, "READ BINARY printed entries")
+    fields = front.parse_printed_entries(printed)
+    images: dict[str, bytes] = {}
+    check: SignatureCheck | None = None
+    if read_images or check_signature:
+        objects = _images(sm(SFI_GEN2_IMAGES, "READ BINARY name and face images"), "DF1/EF03")
+        name_image = objects.get(TAG_IMAGE_D0, b"")
+        face_image = objects.get(TAG_IMAGE_D1, b"")
+        if read_images:
+            images = {"name_image": name_image, "photo": face_image}
+        if check_signature:
+            signed = _signed_data(signature.signed_data_gen2, printed, face_image, name_image)
+            check = (
+                signed
+                if isinstance(signed, SignatureCheck)
+                else _check_signature(transport, crypto.GEN2, signed, trust_anchors, now)
+            )
+    return CardRead(
+        card_type,
+        number.decode("ascii", errors="replace"),
+        front=fields,
+        signature=check,
+        images=images,
+    )
+
+
+def _read_gen1(
+    transport: Transport,
+    card_type: CardType,
+    ks_enc: bytes,
+    card_number: str,
+    *,
+    trust_anchors: Sequence[x509.Certificate],
+    read_images: bool,
+    check_signature: bool,
+    now: datetime,
+) -> CardRead:
     _ok(transport, apdu.select_df(apdu.AID_DF2), "SELECT DF2")
     data = _ok(
         transport, apdu.read_binary(SFI_GEN1_ADDRESS, 0, extended=True), "READ BINARY address"
     )
+    addresses = parse_address_block(data)
+    images: dict[str, bytes] = {}
+    check: SignatureCheck | None = None
+    if read_images or check_signature:
+        _ok(transport, apdu.select_df(apdu.AID_DF1), "SELECT DF1")
+        front_image = _images(
+            _sm_read(
+                transport, crypto.GEN1, ks_enc, SFI_GEN1_FRONT_IMAGE, "READ BINARY front image"
+            ),
+            "DF1/EF01",
+        ).get(TAG_IMAGE_D0, b"")
+        photo = _images(
+            _sm_read(transport, crypto.GEN1, ks_enc, SFI_GEN1_PHOTO, "READ BINARY photo"),
+            "DF1/EF02",
+        ).get(TAG_IMAGE_D1, b"")
+        if read_images:
+            images = {"front_image": front_image, "photo": photo}
+        if check_signature:
+            signed = _signed_data(signature.signed_data_gen1, front_image, photo)
+            check = (
+                signed
+                if isinstance(signed, SignatureCheck)
+                else _check_signature(transport, crypto.GEN1, signed, trust_anchors, now)
+            )
     return CardRead(
-        card_type, crypto.check_card_number(card_number).decode(), parse_address_block(data)
+        card_type,
+        crypto.check_card_number(card_number).decode(),
+        addresses,
+        signature=check,
+        images=images,
     )
+
+
+def read_card(
+    transport: Transport,
+    card_number: str | None = None,
+    *,
+    trust_anchors: Sequence[x509.Certificate] = (),
+    read_images: bool = False,
+    check_signature: bool = True,
+    now: datetime | None = None,
+) -> CardRead:
+    """Read the card type, and with a card number authenticate and read what the generation offers.
+
+    Generation 2: card number (DF1/EF01 C2) and printed entries (DF1/EF02)
+    under secure messaging. Generation 1: the card has no readable
+    card-number file, so the verified number is reported, and the address
+    block (DF2/EF01) is read. With ``check_signature`` (default) the signed
+    images are read too and the DF3/EF01 signature is checked against
+    ``trust_anchors`` at ``now`` (default: the current time); the images are
+    kept in the result only with ``read_images``. A signature that does not
+    check out is a status in the result, not an error: the read itself
+    succeeded. 特定 cards (C1 07/08) are refused with a card number.
+    """
+    card_type = read_card_type(transport)
+    if card_number is None:
+        return CardRead(card_type)
+    if card_type.specified:
+        crypto.check_card_number(card_number)
+        raise _specified_not_supported(card_type)
+    ks_enc = authenticate(transport, card_type.generation, card_number)
+    options = {
+        "trust_anchors": tuple(trust_anchors),
+        "read_images": read_images,
+        "check_signature": check_signature,
+        "now": now or datetime.now(UTC),
+    }
+    if card_type.generation == crypto.GEN2:
+        return _read_gen2(transport, card_type, ks_enc, **options)
+    return _read_gen1(transport, card_type, ks_enc, card_number, **options)
