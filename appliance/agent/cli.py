@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .card_cli import card
 from .config import AgentConfig, load_config
 from .errors import AgentError, BusyError, ConfigError
 from .folders import Folders
@@ -392,6 +393,7 @@ main.add_command(_console)
 
 
 main.add_command(media)  # renkei-agent media …: registered USB media (media_cli.py)
+main.add_command(card)  # renkei-agent card …: residence-card reader-writer (card_cli.py)
 
 if __name__ == "__main__":
     main()

@@ -40,9 +40,11 @@ __all__ = [
     "DEFAULT_PATH",
     "ENV_CONFIG",
     "AgentConfig",
+    "CardConfig",
     "ConfigError",
     "RetryPolicy",
     "SmtpConfig",
+    "load_card_config",
     "load_config",
 ]
 
@@ -79,6 +81,27 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class CardConfig:
+    """``[card]``: the residence-card reader-writer (docs/card.md, docs/card-write.md).
+
+    ``key_provider`` names who holds the address-write keys: ``"none"``
+    (writing refused), ``"test"`` (``test_key_file``; tests and development
+    only), ``"pkcs11"`` (``pkcs11_module``, ``pkcs11_slot``,
+    ``pkcs11_key_label``) or ``"sam"`` (``sam_reader``) — the last two are
+    what a deployment must supply; this build has no driver for them.
+    """
+
+    reader: str | None = None
+    trust_anchor_file: Path | None = None
+    key_provider: str = "none"
+    test_key_file: Path | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_slot: int | None = None
+    pkcs11_key_label: str | None = None
+    sam_reader: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Every setting of the agent; the example configuration describes each key."""
 
@@ -99,6 +122,7 @@ class AgentConfig:
     smtp: SmtpConfig | None = None
     max_file_bytes: int = 64 * 1024 * 1024
     settle_seconds: float = 5.0
+    card: CardConfig = field(default_factory=CardConfig)
 
     @property
     def queue_path(self) -> Path:
@@ -415,6 +439,7 @@ _TOP = {
     "smtp",
     "max_file_bytes",
     "settle_seconds",
+    "card",
 }
 _RETRY = {"base", "cap", "jitter", "give_up_after"}
 _SMTP = {"host", "port", "starttls", "username", "password_file", "sender", "recipients"}
@@ -470,6 +495,79 @@ def _smtp(source: Path, base: Path, data: Mapping[str, Any]) -> SmtpConfig:
     return config
 
 
+_CARD = {
+    "reader",
+    "trust_anchor_file",
+    "key_provider",
+    "test_key_file",
+    "pkcs11_module",
+    "pkcs11_slot",
+    "pkcs11_key_label",
+    "sam_reader",
+}
+# Which settings each key provider takes; every one of them is required for it.
+_CARD_PROVIDERS = {
+    "none": (),
+    "test": ("test_key_file",),
+    "pkcs11": ("pkcs11_module", "pkcs11_slot", "pkcs11_key_label"),
+    "sam": ("sam_reader",),
+}
+
+
+def _key_provider(value: Any) -> str:
+    text = _text(value)
+    if text not in _CARD_PROVIDERS:
+        raise _Bad(f"{text!r} is not one of {', '.join(map(repr, _CARD_PROVIDERS))}")
+    return text
+
+
+def _card(source: Path, base: Path, data: Mapping[str, Any]) -> CardConfig:
+    reader = _Reader(source, base, "card.", data)
+    reader.check_keys(_CARD)
+    config = CardConfig(
+        reader=reader.get("reader", _text),
+        trust_anchor_file=reader.path("trust_anchor_file", must_exist=True),
+        key_provider=reader.get("key_provider", _key_provider, "none"),
+        test_key_file=reader.path("test_key_file", must_exist=True),
+        pkcs11_module=reader.path("pkcs11_module", must_exist=True),
+        pkcs11_slot=reader.get("pkcs11_slot", lambda v: _integer(v, 0, 1 << 32)),
+        pkcs11_key_label=reader.get("pkcs11_key_label", _text),
+        sam_reader=reader.get("sam_reader", _text),
+    )
+    wanted = _CARD_PROVIDERS[config.key_provider]
+    for key in sorted(set(_CARD) - {"reader", "trust_anchor_file", "key_provider"}):
+        given = key in data
+        if key in wanted and not given:
+            raise reader.error(key, f'missing: key_provider = "{config.key_provider}" needs it')
+        if given and key not in wanted:
+            raise reader.error(
+                key, f'is not used with key_provider = "{config.key_provider}"; remove it'
+            )
+    return config
+
+
+def load_card_config(
+    path: Path | None = None, *, env: Mapping[str, str] | None = None
+) -> CardConfig:
+    """Read only ``[card]`` of the configuration (the card commands need nothing else).
+
+    Same file choice as :func:`load_config`; when no path is given and the
+    default file does not exist, the defaults (no reader name, no trust
+    anchors, no key provider): a counter PC may read cards without the
+    agent's server settings.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get(ENV_CONFIG))
+    if path is None:
+        path = Path(env[ENV_CONFIG]) if env.get(ENV_CONFIG) else DEFAULT_PATH
+    path = Path(path)
+    if not explicit and not path.exists():
+        return CardConfig()
+    data = _read_toml(path)
+    table = _table(_Reader(path, path.absolute().parent, "", data), "card")
+    return _card(path, path.absolute().parent, table) if table is not None else CardConfig()
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -507,6 +605,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
     default = AgentConfig("", "", "", Path(), "", None)
     retry_table = _table(reader, "retry")
     smtp_table = _table(reader, "smtp")
+    card_table = _table(reader, "card")
     config = AgentConfig(
         server_url=reader.require("server_url", _url),
         lasdec=reader.require("lasdec", _lasdec),
@@ -527,6 +626,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
             "max_file_bytes", lambda v: _integer(v, 1, 1 << 40), default.max_file_bytes
         ),
         settle_seconds=reader.get("settle_seconds", _non_negative, default.settle_seconds),
+        card=_card(path, reader.base, card_table) if card_table is not None else CardConfig(),
     )
     if config.clock_refuse <= config.clock_warn:
         # preflight.check_clock needs warn < refuse: an offset of at least clock_warn warns,

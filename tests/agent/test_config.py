@@ -15,9 +15,11 @@ from appliance.agent.config import (
     DEFAULT_PATH,
     ENV_CONFIG,
     AgentConfig,
+    CardConfig,
     ConfigError,
     RetryPolicy,
     SmtpConfig,
+    load_card_config,
     load_config,
 )
 from common import statement
@@ -297,3 +299,106 @@ def test_bad_values_name_the_key(
     assert error.message.startswith(f"{path}: {named}: "), error.message
     assert fragment in error.message, error.message
     assert isinstance(error, ValueError)
+
+
+# --- [card] --------------------------------------------------------------------------------------
+
+
+def _card_file(tmp_path: Path, base: dict[str, Any], card: dict[str, Any]) -> Path:
+    return write(tmp_path, base | {"card": card})
+
+
+def test_card_defaults_without_the_table(tmp_path: Path, base: dict[str, Any]) -> None:
+    config = load_config(write(tmp_path, base), env={})
+    assert config.card == CardConfig()
+    assert (config.card.reader, config.card.key_provider) == (None, "none")
+
+
+def test_card_keys_are_read(tmp_path: Path, base: dict[str, Any]) -> None:
+    (tmp_path / "anchors.pem").write_bytes(b"pem")
+    (tmp_path / "test.key").write_bytes(b"key")
+    path = _card_file(
+        tmp_path,
+        base,
+        {
+            "reader": "Virtual PCD 00 00",
+            "trust_anchor_file": "anchors.pem",
+            "key_provider": "test",
+            "test_key_file": "test.key",
+        },
+    )
+    assert load_config(path, env={}).card == CardConfig(
+        reader="Virtual PCD 00 00",
+        trust_anchor_file=tmp_path / "anchors.pem",
+        key_provider="test",
+        test_key_file=tmp_path / "test.key",
+    )
+    (tmp_path / "vendor.so").write_bytes(b"so")
+    hsm = {
+        "key_provider": "pkcs11",
+        "pkcs11_module": "vendor.so",
+        "pkcs11_slot": 2,
+        "pkcs11_key_label": "addr",
+    }
+    card = load_config(_card_file(tmp_path, base, hsm), env={}).card
+    assert (card.pkcs11_module, card.pkcs11_slot, card.pkcs11_key_label) == (
+        tmp_path / "vendor.so",
+        2,
+        "addr",
+    )
+    sam = {"key_provider": "sam", "sam_reader": "SAM 00 00"}
+    assert load_config(_card_file(tmp_path, base, sam), env={}).card.sam_reader == "SAM 00 00"
+
+
+@pytest.mark.parametrize(
+    ("card", "named", "fragment"),
+    [
+        ({"readr": "x"}, "card.readr", "did you mean 'card.reader'"),
+        ({"key_provider": "hsm"}, "card.key_provider", "'pkcs11'"),
+        ({"key_provider": "test"}, "card.test_key_file", 'key_provider = "test" needs it'),
+        ({"test_key_file": "missing.key"}, "card.test_key_file", "no such file"),
+        ({"key_provider": "sam"}, "card.sam_reader", "needs it"),
+        ({"sam_reader": "SAM 00 00"}, "card.sam_reader", 'not used with key_provider = "none"'),
+        (
+            {"key_provider": "pkcs11", "pkcs11_slot": -1},
+            "card.pkcs11_slot",
+            "between 0",
+        ),
+        ({"trust_anchor_file": "nowhere.pem"}, "card.trust_anchor_file", "no such file"),
+        ({"reader": ""}, "card.reader", "must not be empty"),
+    ],
+)
+def test_bad_card_values_name_the_key(
+    tmp_path: Path, base: dict[str, Any], card: dict[str, Any], named: str, fragment: str
+) -> None:
+    path = _card_file(tmp_path, base, card)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.key == named
+    assert fragment in caught.value.message, caught.value.message
+    with pytest.raises(ConfigError):  # the card commands read the same table the same way
+        load_card_config(path, env={})
+
+
+def test_card_config_alone_without_server_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "test.key").write_bytes(b"key")
+    path = write(tmp_path, {"card": {"key_provider": "test", "test_key_file": "test.key"}})
+    assert load_card_config(path, env={}).test_key_file == tmp_path / "test.key"
+    with pytest.raises(ConfigError):  # the agent itself still needs its server settings
+        load_config(path, env={})
+    monkeypatch.setattr("appliance.agent.config.DEFAULT_PATH", tmp_path / "absent.toml")
+    assert load_card_config(env={}) == CardConfig()  # no file at the default place: defaults
+    with pytest.raises(ConfigError) as caught:  # a file named explicitly must exist
+        load_card_config(tmp_path / "absent.toml", env={})
+    assert caught.value.code == "config.missing"
+    with pytest.raises(ConfigError):
+        load_card_config(env={ENV_CONFIG: str(tmp_path / "absent.toml")})
+
+
+def test_the_example_lists_every_card_key() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    card_block = text[text.index("\n[card]\n") :]
+    for name in CardConfig.__dataclass_fields__:
+        assert f"\n{name} = " in card_block or f"\n# {name} = " in card_block, name

@@ -203,6 +203,10 @@ def insert(vpcd_port):
     yield _insert
     for card in cards:
         card.remove()
+    if cards:
+        # pcscd polls the reader every 0.4 s; a card put back before the poll
+        # has seen it go is never announced, so let one poll pass first.
+        time.sleep(1.0)
     # wait until pcscd has seen the card go, so the next test starts empty
     _wait(lambda: _no_card(), 10, "card absent")
 

@@ -62,6 +62,15 @@ def test_address_block_skips_unused_slots_and_keeps_order():
     ]
 
 
+def test_address_block_skips_a_slot_cut_off_while_its_date_was_written():
+    data = (
+        bytes.fromhex("D208") + b"20200101" + bytes.fromhex("D306") + b"011002" + bytes.fromhex("D403") + b"abc"
+        + bytes.fromhex("D208") + b"202" + bytes(5) + bytes.fromhex("D306") + b"131016" + bytes.fromhex("D402") + b"xy"
+    )  # fmt: skip
+    entries = session.parse_address_block(data)
+    assert [e.write_date for e in entries] == ["20200101"]
+
+
 def test_address_block_incomplete_entry_is_refused():
     with pytest.raises(apdu.TlvError):
         session.parse_address_block(bytes.fromhex("D2083230323430343031D306313331303136"))

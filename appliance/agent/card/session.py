@@ -225,7 +225,9 @@ def parse_address_block(data: bytes) -> list[AddressEntry]:
             current = {}
     if current:
         raise TlvError("address block ends with an incomplete entry")
-    return [e for e in entries if e.write_date]
+    # An unused slot has an empty date; a slot whose date is not 8 digits was
+    # cut off mid-write (the date goes last) and holds no whole entry either.
+    return [e for e in entries if len(e.write_date) == 8 and e.write_date.isdigit()]
 
 
 def _address_entry(values: dict[int, bytes]) -> AddressEntry:
