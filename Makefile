@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Debian packages: the venv and pyscard's build (libpcsclite-dev, swig).
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpcsclite-dev swig
 # Extra Debian packages the integration tests start as real parts.
-APT_TEST_PACKAGES := chrony dnsmasq-base systemd usbguard dosfstools e2fsprogs udev tmux nftables iproute2 sudo util-linux openssh-server openssh-client pcscd vsmartcard-vpcd
+APT_TEST_PACKAGES := chrony dnsmasq-base systemd usbguard dosfstools e2fsprogs udev tmux nftables iproute2 sudo util-linux openssh-server openssh-client pcscd vsmartcard-vpcd chromium chromium-driver fonts-noto-cjk
 # The benchmarks' baselines (nginx serves the same batch file statically).
 APT_BENCH_PACKAGES := nginx
 

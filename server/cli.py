@@ -12,11 +12,9 @@ error) — the rest was done; 2 usage, configuration or I/O error (nothing done)
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -29,86 +27,32 @@ from common.statement import key_id, public_key_to_text
 
 from . import tls
 from .blobs import BlobStore
+from .cli_options import (
+    DATE_OPTION,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    Failure,
+    config_option,
+    json_option,
+)
+from .cli_options import echo_json as _echo_json
+from .cli_options import load as _config
+from .cli_options import now as _now
+from .cli_options import open_storage as _storage
+from .cli_options import report_day as _day
 from .closeday import close_day
-from .config import ServerConfig, load_config
 from .enrollment import find_terminal, issue_token, list_terminals, revoke_terminal
-from .errors import ConfigError, ServerError
+from .errors import ServerError
 from .export import export_received
 from .ingest import import_notices
 from .keys import load_or_create_signing_key, load_signing_key
 from .municipalities import get_municipality, load_master
+from .operator_cli import operator_group, report_command
 from .retention import purge
 from .status import server_status
-from .storage import TOKYO, Storage, business_day, iso_utc
+from .storage import TOKYO, Storage, iso_utc
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
-
-
-class Failure(click.ClickException):
-    """Usage, configuration or I/O error: nothing was done (exit 2)."""
-
-    exit_code = EXIT_USAGE
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--config FILE`` on every command (default: $RENKEI_SERVER_CONFIG, then built-in defaults)."""
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="TOML configuration file (default: $RENKEI_SERVER_CONFIG; see docs/operations.md).",
-    )(command)
-
-
-def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(
-        command
-    )
-
-
-def _config(path: Path | None) -> ServerConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise Failure(exc.message) from None
-
-
-def _storage(config: ServerConfig) -> Storage:
-    storage = Storage(config.database_url)
-    database = storage.engine.url.database
-    if storage.engine.dialect.name == "sqlite" and database and not Path(database).exists():
-        storage.dispose()  # opening would create an empty file
-        raise Failure(f"there is no database at {database}; run `renkei-server init` first")
-    try:
-        version = storage.schema_version()
-    except SQLAlchemyError as exc:  # an unreachable database: report it plainly
-        raise Failure(f"cannot open the database {config.database_url}: {exc}") from None
-    if version == 0:
-        raise Failure(
-            f"the database {config.database_url} is not initialised; run `renkei-server init`"
-        )
-    return storage
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, indent=1))
-
-
-def _day(value: datetime | None) -> date:
-    return value.date() if value is not None else business_day(_now())
-
-
-DATE_OPTION = click.option(
-    "--date",
-    "day",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
-    help="Business date YYYY-MM-DD (default: today in Japan).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,6 +66,7 @@ def main() -> None:
       renkei-server close-day
       renkei-server status
       renkei-server export --since 2026-11-27 -o received-20261127.jsonl
+      renkei-server report            # the morning mails
 
     Exit codes: 0 done, 1 the input had problems (the rest was done),
     2 usage, configuration or I/O error.
@@ -592,6 +537,12 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
     sys.exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
+# --- operators, report: operator_cli.py ----------------------------------------------------------
+
+main.add_command(operator_group)
+main.add_command(report_command)
+
+
 # --- keys, serve ---------------------------------------------------------------------------------
 
 
@@ -633,10 +584,22 @@ def serve_command(config_path: Path | None, dry_run: bool) -> None:
     env = dict(os.environ)
     if config_path is not None:
         env["RENKEI_SERVER_CONFIG"] = str(config_path.resolve())
+    # prometheus-client's multiprocess mode: the folder is set before gunicorn imports anything
+    # and emptied of an earlier run's counters (server/metrics.py).
+    metrics_dir = config.metrics.multiprocess_dir
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if dry_run:
         click.echo(" ".join(argv))
-        click.echo(f"bind {config.bind}; TLS {config.tls_cert or 'なし'}", err=True)
+        click.echo(
+            f"bind {config.bind}; TLS {config.tls_cert or 'なし'}; metrics {metrics_dir}", err=True
+        )
         return
+    from .metrics import prepare_multiprocess_dir
+
+    try:
+        prepare_multiprocess_dir(metrics_dir)
+    except OSError as exc:
+        raise Failure(f"{metrics_dir}: {exc.strerror}") from None
     if shutil.which(sys.executable) is None:  # pragma: no cover
         raise Failure(f"{sys.executable} not found")
     os.execve(sys.executable, argv, env)  # pragma: no cover

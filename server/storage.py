@@ -242,6 +242,64 @@ received_notices = sa.Table(
 sa.Index("ix_received_notices_received_at", received_notices.c.received_at)
 
 
+# --- operations: the ministry operators' dashboard and the morning report (migration 3) ----------
+
+operators = sa.Table(
+    "operators",
+    metadata,
+    sa.Column("operator_id", ID, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    # "scrypt$<n>$<r>$<p>$<salt>$<hash>" (server.operators): the parameters travel with the hash.
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("password_changed_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime, nullable=True),
+    sa.Column("last_login_at", UTCDateTime, nullable=True),
+)
+
+login_failures = sa.Table(
+    "login_failures",
+    metadata,
+    sa.Column("failure_id", sa.Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the account name as typed (normalised): never the text itself.
+    sa.Column("name_key", HASH, nullable=False),
+    sa.Column("failed_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_login_failures_key", login_failures.c.name_key, login_failures.c.failed_at)
+
+operator_sessions = sa.Table(
+    "operator_sessions",
+    metadata,
+    # SHA-256 of the cookie's random value: a copy of the database opens no session.
+    sa.Column("session_hash", HASH, primary_key=True),
+    sa.Column("operator_id", ID, sa.ForeignKey("operators.operator_id"), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_operator_sessions_operator", operator_sessions.c.operator_id)
+
+mail_outbox = sa.Table(
+    "mail_outbox",
+    metadata,
+    # "<business date>/summary" or "<business date>/<lasdec>": one mail of each per day.
+    sa.Column("mail_key", sa.String(40), primary_key=True),
+    sa.Column("business_date", sa.Date, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # summary | municipality
+    sa.Column("lasdec", LASDEC, nullable=True),
+    sa.Column("message_id", sa.String(200), nullable=False),
+    sa.Column("spool_name", sa.String(100), nullable=False),  # the file in mail.spool_dir
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.String(40), nullable=True),  # a stable code, never a message
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+)
+sa.Index("ix_mail_outbox_unsent", mail_outbox.c.sent_at, mail_outbox.c.created_at)
+
+
 # --- migrations ---------------------------------------------------------------------------------
 
 
@@ -275,10 +333,23 @@ def _m002_retention(conn: Connection) -> None:
                 index.create(conn, checkfirst=True)
 
 
+def _m003_operations(conn: Connection) -> None:
+    """Operators, their failed logins and sessions, and the morning report's mail outbox.
+
+    New tables only; migration 1 makes them too on a new database (it creates
+    the current schema), so each is created only when missing.
+    """
+    for table in (operators, login_failures, operator_sessions, mail_outbox):
+        table.create(conn, checkfirst=True)
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 #: (version, name, function); append only, never edit an applied one.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "initial", _m001_initial),
     (2, "retention", _m002_retention),
+    (3, "operations", _m003_operations),
 )
 
 

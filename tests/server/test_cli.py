@@ -75,6 +75,7 @@ def test_init_is_safe_to_repeat(cli, env, ready):
     assert ready["signing_key_created"] and ready["migrations_applied"] == [
         "001_initial",
         "002_retention",
+        "003_operations",
     ]
     assert ready["municipalities"]["added"] > 1900
     again = cli("init")

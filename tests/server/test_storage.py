@@ -31,12 +31,12 @@ from tests.server.conftest import CHIYODA, HOKKAIDO, SAPPORO, SAPPORO_CHUO
 def test_migrate_is_recorded_and_idempotent(tmp_path: Path):
     storage = Storage(f"sqlite:///{tmp_path}/db.sqlite3")
     assert storage.schema_version() == 0
-    assert storage.migrate() == ["001_initial", "002_retention"]
+    assert storage.migrate() == ["001_initial", "002_retention", "003_operations"]
     assert storage.migrate() == []
-    assert storage.schema_version() == 2
+    assert storage.schema_version() == 3
     with storage.read() as conn:
         rows = conn.execute(sa.select(schema_migrations)).all()
-        assert [(r.version, r.name) for r in rows] == [(1, "initial"), (2, "retention")]
+        assert [(r.version, r.name) for r in rows] == [(1, "initial"), (2, "retention"), (3, "operations")]
         assert rows[0].applied_at.tzinfo is not None
     storage.dispose()
 
