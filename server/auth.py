@@ -4,9 +4,11 @@ A terminal signs each request with its own Ed25519 key (RFC 9421, profile in
 ``common.httpsig``); the signature's key id is the terminal id.  The check,
 in order:
 
-1. too many failed requests for this key id lately → 429 with Retry-After
-   (the count is looked up as soon as the key id is read, before any
-   cryptography, so a flood of bad signatures costs little);
+1. too many failed requests for this key id from this client address lately
+   → 429 with Retry-After (the count is looked up as soon as the key id is
+   read, before any cryptography, so a flood of bad signatures costs little;
+   per address, so a flood sent from elsewhere under a terminal's key id does
+   not lock the terminal itself out);
 2. the signature: present, well formed, by the terminal's key, covering
    method, authority, path, query and the body's Content-Digest, with a
    ``created`` time within ± ``clock_window`` of the server clock → else 401;
@@ -15,7 +17,10 @@ in order:
 4. the nonce was never accepted before for this terminal → else 401
    ``auth.replay``.
 
-Every refusal after the key id is known counts as a failure for that key id.
+Every refusal after the key id is known counts as a failure for that key id
+and the client address (``request.remote_addr``: behind a load balancer, set
+it from the balancer's header with a proxy-fix middleware, or every terminal
+shares one count).
 A request that passes is recorded as the terminal's last contact, with the
 agent version it reports (``Renkei-Agent-Version``) and its clock skew
 (server now − signature ``created``) — to the minute, see
@@ -115,11 +120,12 @@ def authenticate() -> None:
     config = ctx.config
     now = ctx.now()
     seen: dict[str, object] = {}
+    source = request.remote_addr or ""
 
     def resolve(key_id: str):
         seen["key_id"] = key_id
         failures = recent_auth_failures(
-            ctx.storage, key_id, now=now, period=config.failed_auth_period
+            ctx.storage, key_id, source=source, now=now, period=config.failed_auth_period
         )
         if failures >= config.failed_auth_limit:
             raise _TooManyFailures
@@ -134,7 +140,7 @@ def authenticate() -> None:
 
     def refuse(error: ApiError) -> ApiError:
         if "key_id" in seen:
-            note_auth_failure(ctx.storage, str(seen["key_id"]), now=now)
+            note_auth_failure(ctx.storage, str(seen["key_id"]), source=source, now=now)
         return error
 
     body = request.get_data(cache=True)  # 413 here when over the limit
@@ -152,7 +158,8 @@ def authenticate() -> None:
         raise ApiError(
             429,
             "auth.too_many_failures",
-            f"too many failed requests for this key in the last {config.failed_auth_period} s; "
+            f"too many failed requests for this key from this address in the last "
+            f"{config.failed_auth_period} s; "
             "check the terminal's clock and key, then retry later",
             headers={"Retry-After": str(config.failed_auth_period)},
         ) from None

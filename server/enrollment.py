@@ -279,23 +279,32 @@ def remember_nonce(
     return True
 
 
-def note_auth_failure(storage: Storage, key_id: str, *, now: datetime) -> None:
-    """Count a failed signed request for ``key_id`` (rows older than a day are dropped)."""
+def note_auth_failure(storage: Storage, key_id: str, *, source: str, now: datetime) -> None:
+    """Count a failed signed request for ``key_id`` from ``source`` (rows older than a day are dropped)."""
     with storage.begin() as conn:
         conn.execute(
             auth_failures.delete().where(auth_failures.c.failed_at < now - AUTH_FAILURE_KEEP)
         )
-        conn.execute(auth_failures.insert().values(key_id=key_id[:128], failed_at=now))
+        conn.execute(
+            auth_failures.insert().values(key_id=key_id[:128], source=source[:64], failed_at=now)
+        )
 
 
-def recent_auth_failures(storage: Storage, key_id: str, *, now: datetime, period: int) -> int:
-    """How many failed requests ``key_id`` made in the last ``period`` seconds."""
+def recent_auth_failures(
+    storage: Storage, key_id: str, *, source: str, now: datetime, period: int
+) -> int:
+    """How many failed requests under ``key_id`` came from ``source`` in the last ``period`` seconds.
+
+    Counted per address, not per key id alone: anyone can send garbage under a
+    terminal's (public) key id, and that must not lock the terminal itself out.
+    """
     with storage.read() as conn:
         return conn.execute(
             sa.select(sa.func.count())
             .select_from(auth_failures)
             .where(
                 auth_failures.c.key_id == key_id[:128],
+                auth_failures.c.source == source[:64],
                 auth_failures.c.failed_at >= now - timedelta(seconds=period),
             )
         ).scalar_one()

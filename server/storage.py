@@ -200,6 +200,10 @@ auth_failures = sa.Table(
     sa.Column("failure_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("key_id", sa.String(128), nullable=False),
     sa.Column("failed_at", UTCDateTime, nullable=False),
+    # The client address the failure came from (migration 4): a lockout holds
+    # only for that address, so bad signatures sent from elsewhere under a
+    # terminal's key id cannot lock the real terminal out.
+    sa.Column("source", sa.String(64), nullable=True),
 )
 sa.Index("ix_auth_failures_key", auth_failures.c.key_id, auth_failures.c.failed_at)
 
@@ -345,11 +349,20 @@ def _m003_operations(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _m004_auth_failure_source(conn: Connection) -> None:
+    """``source`` on ``auth_failures``: failed-auth lockout per key id *and* client address."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(auth_failures.name)}
+    if "source" not in present:
+        kind = auth_failures.c.source.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {auth_failures.name} ADD COLUMN source {kind}")
+
+
 #: (version, name, function); append only, never edit an applied one.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "initial", _m001_initial),
     (2, "retention", _m002_retention),
     (3, "operations", _m003_operations),
+    (4, "auth_failure_source", _m004_auth_failure_source),
 )
 
 

@@ -239,6 +239,7 @@ class ApiTester:
         *,
         sign: bool | None = None,
         headers: dict | None = None,
+        remote_addr: str = "127.0.0.1",
         **options,
     ):  # type: ignore[no-untyped-def]
         """Signed when this tester has a key (or ``key=`` is given), unless ``sign=False``."""
@@ -247,7 +248,14 @@ class ApiTester:
             sign = (options.get("key") or self.key) is not None
         if sign:
             sent.update(self.signed_headers(method, path, body, **options))
-        return self.client.open(path, method=method, data=body, headers=sent, base_url=API_BASE)
+        return self.client.open(
+            path,
+            method=method,
+            data=body,
+            headers=sent,
+            base_url=API_BASE,
+            environ_base={"REMOTE_ADDR": remote_addr},
+        )
 
     def get(self, path: str, **kwargs):  # type: ignore[no-untyped-def]
         return self.request("GET", path, **kwargs)

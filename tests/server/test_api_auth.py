@@ -151,6 +151,19 @@ def test_too_many_failures_for_a_key_id_is_429_until_the_period_passes(strict, a
     assert client.get(LIST).status_code == 200
 
 
+def test_failures_from_another_address_do_not_lock_the_terminal_out(strict, api_clock):
+    from tests.server.conftest import api_enroll
+
+    terminal, key = api_enroll(strict.services.storage, API_A, api_clock())
+    client = strict.as_terminal(key, terminal.terminal_id)
+    wrong = Ed25519PrivateKey.generate()
+    for _ in range(5):  # someone else, sending garbage under the terminal's key id
+        reply = client.get(LIST, key=wrong, remote_addr="192.0.2.66")
+        assert _code(reply) in {"sig.invalid", "auth.too_many_failures"}
+    assert client.get(LIST, remote_addr="192.0.2.66").status_code == 429
+    assert client.get(LIST, remote_addr="10.20.30.40").status_code == 200  # the terminal
+
+
 def test_unsigned_requests_are_not_counted_against_anyone(strict, api_clock):
     from tests.server.conftest import api_enroll
 

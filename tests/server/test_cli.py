@@ -76,6 +76,7 @@ def test_init_is_safe_to_repeat(cli, env, ready):
         "001_initial",
         "002_retention",
         "003_operations",
+        "004_auth_failure_source",
     ]
     assert ready["municipalities"]["added"] > 1900
     again = cli("init")

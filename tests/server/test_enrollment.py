@@ -178,11 +178,22 @@ def test_long_nonces_are_remembered_by_hash(core_storage: Storage, core_now):
     assert remember_nonce(core_storage, "t_a", long + "x", now=core_now, keep=600)
 
 
-def test_failed_auth_is_counted_within_the_period(core_storage: Storage, core_now):
+def test_failed_auth_is_counted_within_the_period_per_key_and_address(
+    core_storage: Storage, core_now
+):
+    here, there = "192.0.2.1", "198.51.100.7"
     for seconds in (0, 100, 500):
-        note_auth_failure(core_storage, "ed25519:abc", now=core_now + timedelta(seconds=seconds))
-    note_auth_failure(core_storage, "ed25519:other", now=core_now)
+        note_auth_failure(
+            core_storage, "ed25519:abc", source=here, now=core_now + timedelta(seconds=seconds)
+        )
+    note_auth_failure(core_storage, "ed25519:other", source=here, now=core_now)
+    note_auth_failure(core_storage, "ed25519:abc", source=there, now=core_now)
     at = core_now + timedelta(seconds=600)
-    assert recent_auth_failures(core_storage, "ed25519:abc", now=at, period=600) == 3
-    assert recent_auth_failures(core_storage, "ed25519:abc", now=at, period=550) == 2
-    assert recent_auth_failures(core_storage, "ed25519:none", now=at, period=600) == 0
+
+    def count(key_id: str, source: str = here, period: int = 600) -> int:
+        return recent_auth_failures(core_storage, key_id, source=source, now=at, period=period)
+
+    assert count("ed25519:abc") == 3
+    assert count("ed25519:abc", period=550) == 2
+    assert count("ed25519:abc", source=there) == 1
+    assert count("ed25519:none") == 0

@@ -185,11 +185,11 @@ def test_migration_3_upgrades_a_version_2_database(tmp_path):  # type: ignore[no
     with storage.begin() as conn:
         for table in (operator_sessions, login_failures, mail_outbox, operators):
             table.drop(conn)
-        conn.execute(schema_migrations.delete().where(schema_migrations.c.version == 3))
+        conn.execute(schema_migrations.delete().where(schema_migrations.c.version >= 3))
     assert storage.schema_version() == 2
-    assert storage.migrate() == ["003_operations"]
+    assert storage.migrate() == ["003_operations", "004_auth_failure_source"]
     assert storage.migrate() == []
-    assert storage.schema_version() == 3
+    assert storage.schema_version() == 4
     with storage.read() as conn:
         names = set(sa.inspect(conn).get_table_names())
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("login_failures")}

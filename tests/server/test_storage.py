@@ -31,12 +31,22 @@ from tests.server.conftest import CHIYODA, HOKKAIDO, SAPPORO, SAPPORO_CHUO
 def test_migrate_is_recorded_and_idempotent(tmp_path: Path):
     storage = Storage(f"sqlite:///{tmp_path}/db.sqlite3")
     assert storage.schema_version() == 0
-    assert storage.migrate() == ["001_initial", "002_retention", "003_operations"]
+    assert storage.migrate() == [
+        "001_initial",
+        "002_retention",
+        "003_operations",
+        "004_auth_failure_source",
+    ]
     assert storage.migrate() == []
-    assert storage.schema_version() == 3
+    assert storage.schema_version() == 4
     with storage.read() as conn:
         rows = conn.execute(sa.select(schema_migrations)).all()
-        assert [(r.version, r.name) for r in rows] == [(1, "initial"), (2, "retention"), (3, "operations")]
+        assert [(r.version, r.name) for r in rows] == [
+            (1, "initial"),
+            (2, "retention"),
+            (3, "operations"),
+            (4, "auth_failure_source"),
+        ]
         assert rows[0].applied_at.tzinfo is not None
     storage.dispose()
 
@@ -191,3 +201,21 @@ def test_reloading_the_master_updates_and_retires(core_storage: Storage):
     retired = get_municipality(core_storage, "012025")
     assert retired is not None and not retired.in_master and not retired.receiving
     assert get_municipality(core_storage, CHIYODA).name.endswith("（新）")
+
+
+def test_migration_4_adds_the_failure_source_to_a_version_3_database(tmp_path: Path):
+    storage = Storage(f"sqlite:///{tmp_path}/db.sqlite3")
+    storage.migrate()
+    with storage.begin() as conn:  # auth_failures as migration 1 made it before version 4
+        conn.exec_driver_sql("DROP TABLE auth_failures")
+        conn.exec_driver_sql(
+            "CREATE TABLE auth_failures (failure_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "key_id VARCHAR(128) NOT NULL, failed_at DATETIME NOT NULL)"
+        )
+        conn.execute(schema_migrations.delete().where(schema_migrations.c.version == 4))
+    assert storage.schema_version() == 3
+    assert storage.migrate() == ["004_auth_failure_source"]
+    with storage.read() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("auth_failures")}
+    assert "source" in columns
+    storage.dispose()
