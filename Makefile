@@ -9,10 +9,15 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpcsclite-dev swig
 # Extra Debian packages the integration tests start as real parts.
 APT_TEST_PACKAGES := chrony dnsmasq-base systemd usbguard dosfstools e2fsprogs udev tmux nftables iproute2 sudo util-linux openssh-server openssh-client pcscd vsmartcard-vpcd chromium chromium-driver fonts-noto-cjk
+# The appliance image (make image): mmdebstrap, SquashFS and zstd, the archive keyring
+# mmdebstrap checks the mirror with, Debian's pip wheel (run inside the image, never
+# installed there), openssl (a second, independent check of the signature in the tests).
+APT_IMAGE_PACKAGES := mmdebstrap squashfs-tools zstd debian-archive-keyring python3-pip-whl openssl git
+APT_TEST_PACKAGES += $(APT_IMAGE_PACKAGES) systemd-container lynis
 # The benchmarks' baselines (nginx serves the same batch file statically).
 APT_BENCH_PACKAGES := nginx
 
-.PHONY: help deps venv demo test lint unit bench clean juki-table municipality-master
+.PHONY: help deps venv demo test lint unit bench image clean juki-table municipality-master
 
 help:
 	@echo "make demo   - set up and run the main job on its embedded default"
@@ -52,6 +57,13 @@ test: venv lint
 bench: venv
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_BENCH_PACKAGES)"
 	$(VENV)/bin/python -m bench
+
+# The appliance image: dist/image (docs/image.md).  Signed with RENKEI_IMAGE_KEY, else
+# with a development key made on first use (~/.config/renkei/image-dev-key.pem).
+image: venv
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_IMAGE_PACKAGES)"
+	$(PY) -m appliance.image build
+	$(PY) -m appliance.image verify dist/image
 
 # Regenerate committed data tables from their public sources (needs npm).
 juki-table: venv

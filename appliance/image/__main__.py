@@ -1,0 +1,5 @@
+"""``python -m appliance.image build|verify|lock``."""
+
+from .cli import main
+
+main()
