@@ -55,9 +55,11 @@ __all__ = [
     "OutboxScan",
     "check_name",
     "is_temporary_name",
+    "move_link",
     "move_to",
     "MAX_NUMBERED",
     "numbered_names",
+    "printable_name",
     "place_atomically",
     "safe_name",
 ]
@@ -143,6 +145,20 @@ def is_temporary_name(name: str) -> bool:
 
 def _is_control(char: str) -> bool:
     return unicodedata.category(char) == "Cc" or char in _BIDI
+
+
+def printable_name(name: str) -> str:
+    """``name`` for reports, logs and the run record: bytes that are not UTF-8 shown as ``\\xNN``.
+
+    ``os.scandir`` hands such bytes over as lone surrogates, which no UTF-8
+    text (a report, the queue's JSON) can hold; written as they are, they
+    crashed the run.  A valid name is returned unchanged.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
 
 
 def check_name(name: str) -> str | None:
@@ -323,6 +339,19 @@ def place_atomically(
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def move_link(source: Path, target: Path) -> Path:
+    """Move a symbolic link itself (never what it points to) to ``target``, never replacing.
+
+    A rename, not ``link`` + ``unlink``: with ``fs.protected_hardlinks`` (on by
+    default) the kernel refuses to hard-link a symlink the agent does not own,
+    and staff own what they drop.  Raises FileExistsError when ``target`` exists.
+    """
+    _rename_noreplace(Path(source), Path(target))
+    fsync_dir(Path(target).parent)
+    fsync_dir(Path(source).parent)
+    return Path(target)
 
 
 def move_to(path: Path, folder: Path, *, name: str | None = None) -> Path:

@@ -56,6 +56,7 @@ from .folders import (
     MAX_NUMBERED,
     REASONS,
     is_temporary_name,
+    move_link,
     move_to,
     numbered_names,
     place_atomically,
@@ -161,15 +162,6 @@ def _sha256_path(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _move_link(source: Path, target: Path) -> Path:
-    """Move a symbolic link itself (never what it points to) without replacing anything."""
-    os.link(source, target, follow_symlinks=False)
-    os.unlink(source)
-    fsync_dir(target.parent)
-    fsync_dir(source.parent)
-    return target
-
-
 def file_with_sidecars(
     ctx: Context,
     source: Path,
@@ -207,7 +199,7 @@ def file_with_sidecars(
             place_atomically(data, folder, path.name)
         ctx.checkpoint(step)
         if link:
-            return _move_link(source, target)
+            return move_link(source, target)
         return move_to(source, folder, name=candidate)
     raise FolderError(
         f"{folder}: more than {MAX_NUMBERED} files named like {base!r}; tidy the folder",

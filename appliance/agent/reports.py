@@ -41,15 +41,28 @@ MAX_LISTED = 1000
 
 _RULE = "=" * 60
 JST = timezone(timedelta(hours=9), "JST")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Shown escaped in reports: control characters, line and paragraph separators, direction
+#: controls (a name with U+202E would read backwards), and lone surrogates (bytes of a file
+#: name that are not UTF-8; no UTF-8 report can hold them).
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 
 # --- rendering helpers -----------------------------------------------------------------------
 
 
 def _clean(value: object) -> str:
-    """One-line text: control characters and line breaks from file content made visible."""
-    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
+    """One-line text: control characters and line breaks from file content made visible;
+    a byte of a name that is not UTF-8 as ``\\xNN``."""
+    return _CONTROL.sub(_visible, str(value))
+
+
+def _visible(found: re.Match[str]) -> str:
+    point = ord(found.group())
+    if 0xDC80 <= point <= 0xDCFF:  # os.fsdecode's stand-in for the byte point - 0xDC00
+        return f"\\x{point - 0xDC00:02x}"
+    return f"\\u{point:04x}"
 
 
 def _when(value: str | datetime | None) -> str | None:
@@ -396,4 +409,5 @@ def report_bytes(text: str) -> bytes:
     The BOM and CR LF are for Windows Notepad on the municipality's PCs:
     older versions take a file without a BOM for Shift_JIS and garble it.
     """
-    return ("\ufeff" + text.replace("\r\n", "\n").replace("\n", "\r\n")).encode("utf-8")
+    text = "\ufeff" + text.replace("\r\n", "\n").replace("\n", "\r\n")
+    return text.encode("utf-8", "backslashreplace")  # a stray surrogate cannot fail a report

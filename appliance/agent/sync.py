@@ -55,7 +55,7 @@ from . import download as download_phase
 from . import upload as upload_phase
 from .config import AgentConfig
 from .errors import AgentError, ConfigError
-from .folders import Folders
+from .folders import Folders, printable_name
 from .preflight import Check, check_clock, check_dns, dns_resolve, ntp_offset
 from .queue import Queue, RunRow
 from .reports import JST
@@ -214,12 +214,14 @@ class RunReport:
         self.batches.append({"batch_id": batch_id, "outcome": outcome, **info})
 
     def file(self, name: str, outcome: str, **info: object) -> None:
-        self.files.append({"name": name, "outcome": outcome, **info})
+        self.files.append({"name": printable_name(name), "outcome": outcome, **info})
 
     def problem(
         self, code: str, subject: str, message: str, message_ja: str = "", *, failure: bool = True
     ) -> None:
-        self.problems.append(RunProblem(code, subject, message, message_ja, failure))
+        self.problems.append(
+            RunProblem(code, printable_name(subject), message, message_ja, failure)
+        )
 
     def warning(self, code: str, subject: str, message: str, message_ja: str = "") -> None:
         self.warnings.append(RunProblem(code, subject, message, message_ja, False))
@@ -297,8 +299,11 @@ class Context:
 # --- preflight ---------------------------------------------------------------------------------
 
 
-def make_preflight(config: AgentConfig, *, timeout: float = 2.0) -> Callable[[], list[Check]]:
+def make_preflight(config: AgentConfig, *, timeout: float = 1.5) -> Callable[[], list[Check]]:
     """The real checks: the clock against ``ntp_servers``, the server's name against ``dns_servers``.
+
+    ``timeout`` is per try; each query is tried :data:`~appliance.agent.preflight.ATTEMPTS`
+    times, so a silent server costs at most ``ATTEMPTS × timeout`` seconds.
 
     No DNS check when ``server_url`` names an IP address.  The thresholds are used as they
     are: :func:`~appliance.agent.config.load_config` guarantees ``clock_warn < clock_refuse``.
@@ -530,10 +535,21 @@ def run_sync(
         crash("run.finished")
         run.status = report.status
         run.finished_at = report.finished_at
-        run.summary_json = json.dumps(report.to_json(), ensure_ascii=False)
+        run.summary_json = _summary_json(report)
         queue.record_run(run)
         ctx.say(_summary_line(report))
         return report
+
+
+def _summary_json(report: RunReport) -> str:
+    """The run's report as JSON text for the queue; ASCII-escaped if anything in it is not
+    valid Unicode (a path with bytes that are not UTF-8), so recording the run cannot fail."""
+    text = json.dumps(report.to_json(), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(report.to_json(), ensure_ascii=True)
+    return text
 
 
 def sweep_temporaries(folders: Folders) -> list[Path]:

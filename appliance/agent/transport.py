@@ -5,7 +5,8 @@ Why it looks the way it does:
 * **The server's name is resolved through the LGWAN DNS servers** the
   technician configured (``resolve``, normally
   :func:`appliance.agent.preflight.make_resolver`), not the appliance's
-  system resolver, which may point elsewhere.  The socket goes to that
+  system resolver, which may point elsewhere — once per transport (one run),
+  again only after connecting to the address failed.  The socket goes to that
   address, but TLS still sends the *name* (SNI) and checks the certificate
   against it, so a wrong DNS answer cannot impersonate the server.
 * **TLS trusts only ``ca_file``** when given (the CA that signs the server's
@@ -246,6 +247,10 @@ class HttpsTransport(Transport):
         self.clock = clock
         self.context = self._context(ca_file)
         self._conn: _Connection | None = None
+        #: The server's address as ``resolve`` last gave it, kept for this transport's life
+        #: (one run): a connection opened again after a reset needs no new DNS answer, which on
+        #: a lossy line may not come.  Forgotten when connecting to it fails.
+        self._resolved: str | None = None
         #: batch id -> SHA-256 seen in a listing or manifest: the ETag for If-Range.
         self._etags: dict[str, str] = {}
 
@@ -489,6 +494,7 @@ class HttpsTransport(Transport):
                 conn.connect()
             except Exception as exc:
                 conn.close()
+                self._resolved = None  # perhaps the name moved: ask the DNS again next time
                 raise self._network_error(exc) from None
             self._conn = conn
         return self._conn
@@ -497,6 +503,8 @@ class HttpsTransport(Transport):
         """The address to connect to: resolved through ``resolve`` (LGWAN DNS) when given."""
         if self.resolve is None or _is_ip(self.host):
             return None
+        if self._resolved is not None:
+            return self._resolved
         try:
             address = self.resolve(self.host)
         except TransportError:
@@ -509,6 +517,7 @@ class HttpsTransport(Transport):
             raise TransportError(
                 "net.dns", f"the server name {self.host} resolved to {address!r}", True
             )
+        self._resolved = address
         return address
 
     def _drop(self) -> None:

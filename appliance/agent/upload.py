@@ -29,15 +29,19 @@ sending for this run; the rest wait, untouched, for the next.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common import statement
 
+from .errors import FolderError
 from .folders import REASONS
 from .outbox import REPORT_SUFFIX, Intake, file_receipted, file_with_sidecars, spool_orphans
 from .queue import UploadRow, backoff
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
     from .sync import Context
 
 __all__ = ["ReceiptRefused", "run_uploads", "verify_receipt"]
+
+_log = logging.getLogger("renkei.agent")
 
 RECEIPT_TYPE = "municipality-receipt"
 #: Error codes after which no other file can get through either: stop sending for this run.
@@ -203,12 +209,18 @@ def run_uploads(ctx: Context, *, retry_failed: bool = False) -> None:
     )
     for name, why in scan.ignored:
         if why == "symlink":
-            intake.refuse_symlink(folders.outbox / name, name)
+            _one_file(
+                ctx, name, lambda name=name: intake.refuse_symlink(folders.outbox / name, name)
+            )
     for file in scan.complete:
         if file.problem is not None:
-            intake.refuse_unread(file.path, file.name, file.problem, file.detail)
+            _one_file(
+                ctx,
+                file.name,
+                lambda f=file: intake.refuse_unread(f.path, f.name, f.problem, f.detail),
+            )
         else:
-            intake.take(file.path, file.name)
+            _one_file(ctx, file.name, lambda f=file: intake.take(f.path, f.name))
     if scan.waiting:
         ctx.say(f"upload: {len(scan.waiting)} file(s) still being written; next run")
     # 4. Send what is due.
@@ -228,6 +240,31 @@ def run_uploads(ctx: Context, *, retry_failed: bool = False) -> None:
     intake.settle_deferred()
     # 6. Files given up in earlier runs keep the run failed until someone acts.
     _standing_given_up(ctx)
+
+
+def _one_file(ctx: Context, name: str, step: Callable[[], None]) -> None:
+    """Take one outbox entry; an error of this entry alone is reported for it, and the others
+    go on (it stays in the outbox and is tried again next run).
+
+    Without this, one entry the agent cannot move (e.g. a staff-owned link on a kernel that
+    refuses to hard-link it) stopped the whole phase in every run: nothing was sent at all.
+    A full disk still ends the phase, as it stops every file alike.
+    """
+    try:
+        step()
+    except (OSError, FolderError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise
+        _log.exception("outbox file %r could not be taken in", name)
+        ctx.report.file(name, "failed", code="io.error")
+        ctx.report.problem(
+            "io.error",
+            name,
+            f"{name!r} could not be taken from the outbox ({exc}); it stays there and is "
+            "tried again next run; the other files went on",
+            "このファイルを送信フォルダから取り込めませんでした（ファイルはそのまま残り、"
+            "次回もう一度処理します）。ほかのファイルの処理は続けました。",
+        )
 
 
 def _standing_given_up(ctx: Context) -> None:
