@@ -14,6 +14,8 @@ APT_TEST_PACKAGES := chrony dnsmasq-base systemd usbguard dosfstools e2fsprogs u
 # installed there), openssl (a second, independent check of the signature in the tests).
 APT_IMAGE_PACKAGES := mmdebstrap squashfs-tools zstd debian-archive-keyring python3-pip-whl openssl git
 APT_TEST_PACKAGES += $(APT_IMAGE_PACKAGES) systemd-container lynis
+# The benchmark smoke test runs the nginx baseline too.
+APT_TEST_PACKAGES += nginx
 # The benchmarks' baselines (nginx serves the same batch file statically).
 APT_BENCH_PACKAGES := nginx
 
@@ -56,6 +58,7 @@ test: venv lint
 
 bench: venv
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_BENCH_PACKAGES)"
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(VENV)/bin/python -m bench
 
 # The appliance image: dist/image (docs/image.md).  Signed with RENKEI_IMAGE_KEY, else

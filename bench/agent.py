@@ -84,7 +84,13 @@ def _server_key(config: ServerConfig) -> str:
     return statement.public_key_to_text(signing.public_key())
 
 
-def _bare(url: str, ca_file: Path, terminal: tuple[str, Ed25519PrivateKey], upload: bytes) -> dict:
+def _bare(
+    url: str,
+    ca_file: Path,
+    terminal: tuple[str, Ed25519PrivateKey],
+    upload: bytes,
+    records: int,
+) -> dict:
     """The same transfers as the sync, with the same client and nothing else."""
     terminal_id, key = terminal
     with HttpsTransport(url, terminal_id=terminal_id, key=key, ca_file=ca_file) as transport:
@@ -100,7 +106,7 @@ def _bare(url: str, ca_file: Path, terminal: tuple[str, Ed25519PrivateKey], uplo
         status, receipt = transport.upload(upload, file_name="bare.csv")
         finished = time.perf_counter()
     assert len(sink.getvalue()) == batch["size"], "the bare download is incomplete"
-    assert status == 201 and len(receipt["statement"]["accepted"]) == RECORDS, receipt
+    assert status == 201 and len(receipt["statement"]["accepted"]) == records, receipt
     return {
         "batch_bytes": batch["size"],
         "download_seconds": downloaded - started,
@@ -172,12 +178,12 @@ def _measure(argv: list[str], log: Path) -> tuple[int, float, float, str]:
     return measured["status"], measured["seconds"], measured["peak_kib"] / 1024, stdout
 
 
-def run() -> dict:
+def run(records: int = RECORDS) -> dict:
     with tempfile.TemporaryDirectory(prefix="renkei-bench-agent-") as temp:
         root = Path(temp)
-        config = init_server(root / "data", {LASDEC: RECORDS})
+        config = init_server(root / "data", {LASDEC: records})
         bare_terminal, agent_terminal = _terminal(config), _terminal(config)
-        bare_file, agent_file = _municipality_file(0), _municipality_file(1)
+        bare_file, agent_file = _municipality_file(0, records), _municipality_file(1, records)
         gunicorn = GunicornProcess(
             config.data_dir, log_path=root / "gunicorn.log", workers=2, threads=4
         )
@@ -185,7 +191,7 @@ def run() -> dict:
         try:
             url = f"https://127.0.0.1:{gunicorn.port}"
             ca_file = config.data_dir / "tls" / "ca.crt"
-            bare = _bare(url, ca_file, bare_terminal, bare_file)
+            bare = _bare(url, ca_file, bare_terminal, bare_file, records)
 
             agent_toml = _agent_config(root, config, url, agent_terminal)
             outbox = root / "srv" / "outbox"
@@ -203,13 +209,13 @@ def run() -> dict:
         if status != 0 or counts[0]["acknowledged"] != 1 or counts[1]["sent"] != 1:
             raise RuntimeError(f"the sync did not do the whole cycle: {report['problems']}")
         sent = (root / "srv" / "sent" / "bench.csv.receipt.json").read_text(encoding="utf-8")
-        if len(json.loads(sent)["statement"]["accepted"]) != RECORDS:
+        if len(json.loads(sent)["statement"]["accepted"]) != records:
             raise RuntimeError("the server did not accept every record of the agent's file")
     return {
         "sync_vs_bare_transfers": {
-            "batch_records": RECORDS,
+            "batch_records": records,
             "batch_bytes": bare["batch_bytes"],
-            "file_records": RECORDS,
+            "file_records": records,
             "file_bytes": len(agent_file),
             "bare_file_bytes": len(bare_file),
             "sync_seconds": seconds,
@@ -220,8 +226,8 @@ def run() -> dict:
             "ratio": bare["seconds"] / seconds,
         },
         "agent_memory": {
-            "batch_records": RECORDS,
-            "file_records": RECORDS,
+            "batch_records": records,
+            "file_records": records,
             "peak_rss_mb": rss,
             "target_peak_rss_mb": TARGET_RSS_MB,
         },

@@ -133,37 +133,37 @@ def _parallel(
     return total, time.perf_counter() - started
 
 
-def _cycles(path: str, sha256: str) -> Callable[[int, SigningClient], int]:
+def _cycles(path: str, sha256: str, cycles: int) -> Callable[[int, SigningClient], int]:
     def work(_index: int, client: SigningClient) -> int:
-        for _ in range(CYCLES_PER_CLIENT):
+        for _ in range(cycles):
             listed = client.get("/api/v1/batches?all=1")
             assert listed.status == 200, listed.body[:200]
             data = client.get(path)
             assert data.status == 200 and hashlib.sha256(data.body).hexdigest() == sha256
             ack = client.post_json(f"{path}/ack", {"sha256": sha256})
             assert ack.status == 200, ack.body[:200]
-        return 3 * CYCLES_PER_CLIENT
+        return 3 * cycles
 
     return work
 
 
-def _upload_files(count: int) -> list[bytes]:
+def _upload_files(count: int, records: int) -> list[bytes]:
     """Distinct 1,000-record files: one business day each, so no record id repeats."""
     start = date(2026, 11, 27)
     return [
         encode_notice_file(
             MUNICIPALITY,
             SampleFactory(seed=100 + i, day=start - timedelta(days=i)).day_of(
-                MUNICIPALITY, DAILY, RECORDS
+                MUNICIPALITY, DAILY, records
             ),
         )
         for i in range(count)
     ]
 
 
-def _uploads(files: list[bytes]) -> Callable[[int, SigningClient], int]:
+def _uploads(files: list[bytes], each: int, records: int) -> Callable[[int, SigningClient], int]:
     def work(index: int, client: SigningClient) -> int:
-        mine = files[index * UPLOADS_PER_CLIENT : (index + 1) * UPLOADS_PER_CLIENT]
+        mine = files[index * each : (index + 1) * each]
         for number, data in enumerate(mine):
             headers = {
                 "Content-Type": "application/octet-stream",
@@ -171,7 +171,7 @@ def _uploads(files: list[bytes]) -> Callable[[int, SigningClient], int]:
             }
             reply = client.post("/api/v1/uploads", data, headers=headers)
             assert reply.status == 201, reply.body[:300]
-            assert len(reply.json()["statement"]["accepted"]) == RECORDS
+            assert len(reply.json()["statement"]["accepted"]) == records
         return len(mine)
 
     return work
@@ -271,14 +271,26 @@ def _close(clients: list[SigningClient]) -> None:
         client.close()
 
 
-def run() -> dict:
+def run(
+    *,
+    records: int = RECORDS,
+    large_records: int = LARGE_RECORDS,
+    clients: int = CLIENTS,
+    rounds: float = 1.0,
+) -> dict:
+    """Every figure above; ``rounds`` scales the request counts (the smoke test runs a sliver)."""
+
+    def times(count: int) -> int:
+        return max(1, round(count * rounds))
+
+    cycles, uploads_each = times(CYCLES_PER_CLIENT), times(UPLOADS_PER_CLIENT)
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="renkei-bench-server-") as temp:
         root = Path(temp)
-        config = init_server(root / "data", {DAILY: RECORDS, LARGE: LARGE_RECORDS})
-        files = _upload_files(CLIENTS * UPLOADS_PER_CLIENT)
-        daily_ids = _terminals(config, DAILY, CLIENTS)
-        large_ids = _terminals(config, LARGE, CLIENTS)
+        config = init_server(root / "data", {DAILY: records, LARGE: large_records})
+        files = _upload_files(clients * uploads_each, records)
+        daily_ids = _terminals(config, DAILY, clients)
+        large_ids = _terminals(config, LARGE, clients)
         cpus = os.cpu_count() or 1
         gunicorn = GunicornProcess(
             config.data_dir, log_path=root / "gunicorn.log", workers=2 * cpus + 1
@@ -292,41 +304,48 @@ def run() -> dict:
             (big,) = large[0].get("/api/v1/batches").json()["batches"]
             data, big_data = blobs.get(batch["sha256"]), blobs.get(big["sha256"])
 
-            requests, seconds = _parallel(daily, _cycles(batch["file"], batch["sha256"]))
+            requests, seconds = _parallel(daily, _cycles(batch["file"], batch["sha256"], cycles))
             report["list_download_ack"] = {
-                "clients": CLIENTS,
-                "batch_records": RECORDS,
+                "clients": clients,
+                "batch_records": records,
                 "batch_bytes": len(data),
                 "requests": requests,
                 "requests_per_s": requests / seconds,
                 "cycles_per_s": requests / 3 / seconds,
             }
 
-            uploads, seconds = _parallel(daily, _uploads(files))
+            uploads, seconds = _parallel(daily, _uploads(files, uploads_each, records))
             report["upload"] = {
-                "clients": CLIENTS,
-                "file_records": RECORDS,
+                "clients": clients,
+                "file_records": records,
                 "file_bytes": len(files[0]),
                 "uploads": uploads,
                 "uploads_per_s": uploads / seconds,
-                "records_per_s": uploads * RECORDS / seconds,
+                "records_per_s": uploads * records / seconds,
             }
 
             comparisons = (
-                ("download_vs_nginx", RECORDS, daily, batch["file"], data, DOWNLOADS_PER_CLIENT),
+                (
+                    "download_vs_nginx",
+                    records,
+                    daily,
+                    batch["file"],
+                    data,
+                    times(DOWNLOADS_PER_CLIENT),
+                ),
                 (
                     "download_vs_nginx_large",
-                    LARGE_RECORDS,
+                    large_records,
                     large,
                     big["file"],
                     big_data,
-                    LARGE_DOWNLOADS_PER_CLIENT,
+                    times(LARGE_DOWNLOADS_PER_CLIENT),
                 ),
             )
-            for name, records, clients, path, body, count in comparisons:
-                sent, seconds = _parallel(clients, _downloads(path, len(body), count, sign=True))
+            for name, batch_records, signers, path, body, count in comparisons:
+                sent, seconds = _parallel(signers, _downloads(path, len(body), count, sign=True))
                 report[name] = {
-                    "batch_records": records,
+                    "batch_records": batch_records,
                     "file_bytes": len(body),
                     "gunicorn_mb_s": sent / seconds / 1e6,
                 }
@@ -345,7 +364,7 @@ def run() -> dict:
                 (www / f"{name}.csv").write_bytes(body)
                 static = [
                     SigningClient("127.0.0.1", nginx.port, ca_file=config.tls_dir / "ca.crt")
-                    for _ in range(CLIENTS)
+                    for _ in range(clients)
                 ]
                 try:
                     work = _downloads(f"/{name}.csv", len(body), count, sign=False)

@@ -27,7 +27,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 from typing import BinaryIO, TextIO
 
 from . import juki
@@ -165,7 +165,16 @@ class RowParser:
                 f"項目の数が {len(fields)} 個です（正しくは {self.width} 個）",
                 record_id=record_id,
             )
-        record_id = fields[0]
+        values = dict(compress(zip(self.columns, fields[2:], strict=True), fields[2:]))  # non-empty
+        return self.make(line_no, fields[0], fields[1], values)
+
+    def make(
+        self, line_no: int, record_id: str, pattern: str, values: dict[str, str]
+    ) -> Record | RowError:
+        """The record, unless its id was seen before in this file.
+
+        ``values``: the non-empty columns, in column order.
+        """
         if record_id:
             if record_id in self.seen:
                 return RowError(
@@ -176,8 +185,7 @@ class RowParser:
                     record_id=record_id,
                 )
             self.seen.add(record_id)
-        values = dict(compress(zip(self.columns, fields[2:], strict=True), fields[2:]))  # non-empty
-        return self.record_type(record_id, fields[1], values)
+        return self.record_type(record_id, pattern, values)
 
 
 def _binary_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, int, bytes]]:
@@ -349,7 +357,8 @@ class NoticeReader:
                         result = make(
                             record_id,
                             fields[1],
-                            dict(compress(zip(columns, values, strict=True), values)),
+                            # The width was checked above: zip need not check it again.
+                            dict(compress(zip(columns, values, strict=False), values)),
                         )
             if isinstance(result, RowError):
                 stats.row_errors += 1
@@ -410,8 +419,8 @@ def read_unicode_csv(
                     'ダブルクォート（"）の使い方が正しくありません',
                 )
                 continue
-            bad = next((f for f in fields if "\r" in f or "\n" in f), None)
-            if bad is not None:
+            joined = "".join(fields)  # one scan of the row, not one per field
+            if "\r" in joined or "\n" in joined:
                 yield RowError(
                     reader.line_num,
                     "row.line_end",
@@ -458,12 +467,13 @@ def read_jsonl(
     parser = RowParser(direction, name=name)
     known = {"record_id", "pattern", *parser.columns}
     order = parser.columns
+    ordered: dict[tuple[str, ...], bool] = {}  # key order seen -> whether it is column order
 
     def rows() -> Iterator[Record | RowError]:
         nonlocal line_no
         lines: Iterable[tuple[int, str]] = pending
         for number, text in _chain(lines, stream, line_no):
-            if not text.strip():
+            if not text or text.isspace():  # what strip() would empty, without copying the line
                 continue
             try:
                 obj = json.loads(text)
@@ -475,8 +485,8 @@ def read_jsonl(
                     number, "row.json", "not a JSON object", "JSON のオブジェクトではありません"
                 )
                 continue
-            unknown = sorted(set(obj) - known)
-            if unknown:
+            if not obj.keys() <= known:
+                unknown = sorted(set(obj) - known)
                 yield RowError(
                     number,
                     "row.unknown_key",
@@ -486,33 +496,64 @@ def read_jsonl(
                     column=unknown[0],
                 )
                 continue
-            bad = sorted(k for k, v in obj.items() if v is not None and not isinstance(v, str))
-            if bad:
-                yield RowError(
-                    number,
-                    "row.type",
-                    f"values must be strings: {', '.join(bad)}",
-                    f"値は文字列で指定してください: {', '.join(bad)}",
-                    record_id=_str_or_none(obj.get("record_id")),
-                    column=bad[0],
-                )
-                continue
-            fields = [obj.get("record_id") or "", obj.get("pattern") or ""]
-            fields.extend(obj.get(c) or "" for c in order)
-            result = parser.parse_fields(number, fields)
-            if not isinstance(result, RowError):
-                newline = next((f for f in fields if "\r" in f or "\n" in f), None)
+            if not set(map(type, obj.values())) <= _STR_TYPES:  # one C-level pass over the values
+                bad = sorted(k for k, v in obj.items() if v is not None and not isinstance(v, str))
+                if bad:
+                    yield RowError(
+                        number,
+                        "row.type",
+                        f"values must be strings: {', '.join(bad)}",
+                        f"値は文字列で指定してください: {', '.join(bad)}",
+                        record_id=_str_or_none(obj.get("record_id")),
+                        column=bad[0],
+                    )
+                    continue
+            keys = tuple(obj)
+            in_order = ordered.get(keys)
+            if in_order is None:
+                if len(ordered) >= _SHAPE_LIMIT:
+                    ordered.clear()
+                in_order = ordered[keys] = _in_column_order(keys, parser.columns)
+            if in_order:
+                # The keys come in column order (as this module writes them): the values are
+                # the object itself, without the two ids and the empty values.
+                values = dict(obj)
+                record_id = values.pop("record_id", None) or ""
+                pattern = values.pop("pattern", None) or ""
+                if not all(values.values()):
+                    values = {k: v for k, v in values.items() if v}
+                result = parser.make(number, record_id, pattern, values)
+            else:
+                fields = [obj.get("record_id") or "", obj.get("pattern") or ""]
+                fields.extend(obj.get(c) or "" for c in order)
+                result = parser.parse_fields(number, fields)
+            # JSON writes a line break inside a string as an escape: no backslash, no line break.
+            if "\\" in text and not isinstance(result, RowError):
+                record_id = obj.get("record_id") or ""
+                texts = [record_id, obj.get("pattern") or "", *(obj.get(c) or "" for c in order)]
+                newline = next((f for f in texts if "\r" in f or "\n" in f), None)
                 if newline is not None:
                     result = RowError(
                         number,
                         "row.line_end",
                         "a value holds a line break",
                         "項目の値に改行が含まれています",
-                        record_id=fields[0] or None,
+                        record_id=record_id or None,
                     )
             yield result
 
     return direction, rows()
+
+
+_STR_TYPES = frozenset({str, type(None)})
+_SHAPE_LIMIT = 4_096
+
+
+def _in_column_order(keys: tuple[str, ...], columns: tuple[str, ...]) -> bool:
+    """Whether ``keys`` are distinct, each an id or a column, in the order of the file's columns."""
+    position = {name: i for i, name in enumerate(("record_id", "pattern", *columns))}
+    places = [position.get(key, -1) for key in keys]
+    return -1 not in places and places == sorted(set(places))
 
 
 def _str_or_none(value: object) -> str | None:
@@ -539,15 +580,21 @@ def _quote(value: str) -> str:
 
 
 def format_row(fields: Iterable[str]) -> str:
+    """One CSV line with its CR LF; a field is quoted only when it holds a comma or a quote."""
+    if not isinstance(fields, (list, tuple)):
+        fields = list(fields)
+    line = ",".join(fields)
+    # The common row needs no quoting: no quote anywhere, and no comma but the separators.
+    if '"' not in line and line.count(",") == len(fields) - 1:
+        return line + "\r\n"
     return ",".join(_quote(f) for f in fields) + "\r\n"
 
 
 def record_fields(record: Record) -> list[str]:
-    values = record.values
     return [
         record.record_id,
         record.pattern,
-        *(values.get(c, "") for c in columns_for(record.direction)),
+        *map(record.values.get, columns_for(record.direction), repeat("")),
     ]
 
 
@@ -577,14 +624,16 @@ class NoticeWriter:
                 code="write.direction",
             )
         fields = record_fields(record)
-        for column, value in zip(("record_id", "pattern", *self.columns), fields, strict=True):
-            if "\r" in value or "\n" in value:
-                raise NoticeWriteError(
-                    f"record {record.record_id!r}, column {column}: a value holds a line break",
-                    message_ja=f"レコード {record.record_id} の項目 {column} に改行が含まれています",
-                    code="write.line_end",
-                )
-        self._pending.append((record, format_row(fields)))
+        row = format_row(fields)
+        if "\r" in row[:-2] or "\n" in row[:-2]:  # quoting adds no line break: a value holds one
+            for column, value in zip(("record_id", "pattern", *self.columns), fields, strict=True):
+                if "\r" in value or "\n" in value:
+                    raise NoticeWriteError(
+                        f"record {record.record_id!r}, column {column}: a value holds a line break",
+                        message_ja=f"レコード {record.record_id} の項目 {column} に改行が含まれています",
+                        code="write.line_end",
+                    )
+        self._pending.append((record, row))
         if len(self._pending) >= self._block:
             self.flush()
 

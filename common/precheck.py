@@ -189,28 +189,6 @@ _ADDRESSES = (
 _CARDS = (("card_kind", "card_number"), ("old_card_kind", "old_card_number"))
 
 
-def _composites_ok(values: Mapping[str, str]) -> bool:
-    """The checks across an item's columns, for the items present."""
-    for kind_column, alphabet_column, kanji_column in _NAMES:
-        kind = values.get(kind_column)
-        alphabet = alphabet_column in values
-        kanji = kanji_column in values
-        if (kind is not None or alphabet or kanji) and (kind, alphabet, kanji) not in _NAME_OK:
-            return False
-    for code_column, text_column in _ADDRESSES:
-        if (code_column in values) != (text_column in values):
-            return False
-    for kind_column, number_column in _CARDS:
-        kind = values.get(kind_column)
-        number = values.get(number_column)
-        if kind is None and number is None:
-            continue
-        pattern = cardnumber.NUMBER_FORMATS.get(kind) if kind is not None else None
-        if number is None or pattern is None or pattern.fullmatch(number) is None:
-            return False
-    return not ("householder_name" in values and "householder_relationship" not in values)
-
-
 def _dates_ok(values: Mapping[str, str], planned: bool) -> bool:
     event = values.get("event_date")
     processing = values.get("processing_date")
@@ -225,30 +203,89 @@ def _dates_ok(values: Mapping[str, str], planned: bool) -> bool:
     return not (birth and event and birth > event)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What one (direction, pattern, columns present) decides before any value is read.
+
+    Records of one pattern from one sender nearly always have the same
+    columns, so the checks that depend only on which columns are present are
+    made once per shape (:func:`_shape`), and a record pays only for the
+    checks of its values.
+    """
+
+    plan: _Plan
+    exempt_missing: frozenset[str]  # exemptable required columns absent: _exempt decides
+    old_present: bool  # every old column a correction needs is present
+    exempt_old_missing: frozenset[str]
+    checks: tuple[tuple[str, frozenset[str] | set[str], _Good | None], ...]
+    names: tuple[tuple[str, bool, bool], ...]  # (kind column, alphabet present, kanji present)
+    cards: tuple[tuple[str, str], ...]  # (kind column, number column), either present
+
+
+_SHAPES: dict[tuple[str, str, tuple[str, ...]], _Shape | None] = {}
+_SHAPE_LIMIT = 10_000
+
+
+def _shape(direction: str, code: str, keys: tuple[str, ...]) -> _Shape | None:
+    """The shape's precomputed checks, or None when its columns alone already fail one."""
+    plan = _plan(direction, code)
+    if plan is None:
+        return None
+    present = frozenset(keys)
+    if not (present <= plan.allowed and plan.required <= present):
+        return None
+    if plan.needs_event_date and "event_date" not in present:
+        return None
+    for code_column, text_column in _ADDRESSES:
+        if (code_column in present) != (text_column in present):
+            return None
+    if "householder_name" in present and "householder_relationship" not in present:
+        return None
+    checkers = _checkers(direction)
+    names = tuple(
+        (kind, alphabet in present, kanji in present)
+        for kind, alphabet, kanji in _NAMES
+        if kind in present or alphabet in present or kanji in present
+    )
+    return _Shape(
+        plan=plan,
+        exempt_missing=plan.exempt_required - present,
+        old_present=plan.old_required <= present,
+        exempt_old_missing=plan.exempt_old - present,
+        checks=tuple((column, *checkers[column]) for column in sorted(checkers.keys() & present)),
+        names=names,
+        cards=tuple(
+            (kind, number) for kind, number in _CARDS if kind in present or number in present
+        ),
+    )
+
+
 def precheck(record: Record, *, check_encoding: bool = True) -> bool:
     """True only if ``record`` is certainly valid (see the module docstring)."""
     values = record.values
-    plan = _plan(record.direction, record.pattern)
-    if plan is None or not _RECORD_ID.fullmatch(record.record_id):
+    key = (record.direction, record.pattern, tuple(values))
+    try:
+        shape = _SHAPES[key]
+    except KeyError:
+        if len(_SHAPES) >= _SHAPE_LIMIT:
+            _SHAPES.clear()
+        shape = _SHAPES[key] = _shape(*key)
+    if shape is None or not _RECORD_ID.fullmatch(record.record_id):
         return False
-    keys = values.keys()
-    if not (keys <= plan.allowed and plan.required <= keys):
-        return False
+    plan = shape.plan
     fact = values.get("change_fact")
     if fact not in plan.facts or values.get("change_reason") not in plan.reasons:
         return False
-    if not (plan.exempt_required <= keys or _exempt(values, plan, plan.exempt_required - keys, "")):
+    if shape.exempt_missing and not _exempt(values, plan, shape.exempt_missing, ""):
         return False
     if fact == CORRECTION and not (
-        plan.old_required <= keys
-        and (plan.exempt_old <= keys or _exempt(values, plan, plan.exempt_old - keys, "old_"))
+        shape.old_present
+        and (
+            not shape.exempt_old_missing or _exempt(values, plan, shape.exempt_old_missing, "old_")
+        )
     ):
         return False
-    if plan.needs_event_date and "event_date" not in values:
-        return False
-    checkers = _checkers(record.direction)
-    for column in checkers.keys() & keys:
-        good, learner = checkers[column]
+    for column, good, learner in shape.checks:
         value = values[column]
         if value not in good and (learner is None or not learner.learn(value)):
             return False
@@ -257,4 +294,13 @@ def precheck(record: Record, *, check_encoding: bool = True) -> bool:
         return False
     if check_encoding and not juki.is_encodable(joined):
         return False
-    return _composites_ok(values) and _dates_ok(values, plan.planned_event)
+    for kind_column, alphabet, kanji in shape.names:
+        if (values.get(kind_column), alphabet, kanji) not in _NAME_OK:
+            return False
+    for kind_column, number_column in shape.cards:
+        kind = values.get(kind_column)
+        number = values.get(number_column)
+        pattern = cardnumber.NUMBER_FORMATS.get(kind) if kind is not None else None
+        if number is None or pattern is None or pattern.fullmatch(number) is None:
+            return False
+    return _dates_ok(values, plan.planned_event)

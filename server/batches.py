@@ -126,6 +126,10 @@ def acknowledge(
             )
             .values(acknowledged_at=now, acknowledged_by=terminal_id)
         )
-    found = get_batch(storage, lasdec, batch_id)
-    assert found is not None
-    return found
+        # Read back in the same transaction: one fewer round trip, and the answer is the row
+        # exactly as this transaction left it.
+        row = conn.execute(
+            sa.select(batches).where(batches.c.batch_id == batch_id, batches.c.lasdec == lasdec)
+        ).first()
+    assert row is not None
+    return _batch(row)

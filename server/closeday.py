@@ -19,12 +19,16 @@ files, which the next run reuses.
 
 Empty batches are all the same bytes, so the empty file is encoded and stored
 once per run; each manifest is still its own signed statement.
+
+Notices are read one receiving unit at a time, so memory holds the largest
+batch, not the day (two million notices on the transition day), and the
+batch files are made durable together at the end (:class:`BlobWriter`)
+instead of one fsync after another.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -37,7 +41,7 @@ from common.items import MINISTRY
 from common.noticefile import FORMAT_TAGS, encode_notice_file
 from common.records import record_from_json
 
-from .blobs import BlobStore
+from .blobs import BlobStore, BlobWriter
 from .errors import CloseDayError
 from .municipalities import receiving_units
 from .storage import Storage, batches, iso_utc, notices
@@ -45,6 +49,7 @@ from .storage import Storage, batches, iso_utc, notices
 __all__ = ["CloseDayResult", "batch_id_for", "close_day", "manifest_body"]
 
 MANIFEST_TYPE = "ministry-batch"
+_CHUNK = 500  # notice ids per UPDATE … IN (…): well under every database's parameter limit
 
 
 @dataclass
@@ -140,7 +145,7 @@ def _close_day(
     now: datetime,
 ) -> CloseDayResult:
     result = CloseDayResult(business_date)
-    with storage.begin() as conn:
+    with storage.begin() as conn, BlobWriter(blobs) as writer:
         units = [m.lasdec for m in receiving_units(conn)]
         if not units:
             raise CloseDayError(
@@ -167,32 +172,36 @@ def _close_day(
                 )
             ).all()
         )
-        pending: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        query = (
-            sa.select(notices.c.notice_id, notices.c.lasdec, notices.c.record)
-            .where(notices.c.batch_id.is_(None), notices.c.business_date <= business_date)
+        # One unit's pending notices at a time (the pending index leads with batch_id, lasdec),
+        # so memory holds the largest batch, not the day.
+        pending = (
+            sa.select(notices.c.notice_id, notices.c.record)
+            .where(
+                notices.c.batch_id.is_(None),
+                notices.c.lasdec == sa.bindparam("unit"),
+                notices.c.business_date <= business_date,
+            )
             .order_by(notices.c.notice_id)
         )
-        for notice_id, lasdec, text in conn.execute(query):
-            pending[lasdec].append((notice_id, text))
-
+        assign = (
+            notices.update()
+            .where(notices.c.notice_id.in_(sa.bindparam("ids", expanding=True)))
+            .values(batch_id=sa.bindparam("bid"))
+        )
         empty_file = encode_notice_file(MINISTRY, ())
         empty_sha: str | None = None
-        new_batches: list[dict] = []
-        assignments: list[dict] = []
         for lasdec in units:
             if lasdec in done:
                 result.existing += 1
                 continue
             sequence = last_sequence.get(lasdec, 0) + 1
             batch_id = batch_id_for(lasdec, business_date, sequence)
-            items = pending.pop(lasdec, [])
+            items = conn.execute(pending, {"unit": lasdec}).all()
             if items:
                 data = encode_notice_file(
                     MINISTRY, (record_from_json(MINISTRY, json.loads(text)) for _, text in items)
                 )
-                sha256 = blobs.put(data)
-                assignments.extend({"nid": nid, "bid": batch_id} for nid, _ in items)
+                sha256 = writer.put(data)
                 result.batches.append(
                     {
                         "lasdec": lasdec,
@@ -204,7 +213,7 @@ def _close_day(
             else:
                 data = empty_file
                 if empty_sha is None:
-                    empty_sha = blobs.put(empty_file)
+                    empty_sha = writer.put(empty_file)
                 sha256 = empty_sha
                 result.empty += 1
             body = manifest_body(
@@ -218,29 +227,30 @@ def _close_day(
                 created_at=now,
             )
             signed = statement.sign(body, signing_key)
-            new_batches.append(
-                {
-                    "batch_id": batch_id,
-                    "lasdec": lasdec,
-                    "sequence": sequence,
-                    "business_date": business_date,
-                    "records": len(items),
-                    "sha256": sha256,
-                    "size": len(data),
-                    "manifest": json.dumps(signed, ensure_ascii=False, separators=(",", ":")),
-                    "created_at": now,
-                }
-            )
+            row = {
+                "batch_id": batch_id,
+                "lasdec": lasdec,
+                "sequence": sequence,
+                "business_date": business_date,
+                "records": len(items),
+                "sha256": sha256,
+                "size": len(data),
+                "manifest": json.dumps(signed, ensure_ascii=False, separators=(",", ":")),
+                "created_at": now,
+            }
+            conn.execute(batches.insert(), row)  # before the notices that name it (foreign key)
+            ids = [notice_id for notice_id, _ in items]
+            for start in range(0, len(ids), _CHUNK):
+                conn.execute(assign, {"ids": ids[start : start + _CHUNK], "bid": batch_id})
+            result.created += 1
             result.records += len(items)
-        result.created = len(new_batches)
-        result.waiting = sum(len(items) for items in pending.values())
-        if new_batches:
-            conn.execute(batches.insert(), new_batches)
-        if assignments:
-            conn.execute(
-                notices.update()
-                .where(notices.c.notice_id == sa.bindparam("nid"))
-                .values(batch_id=sa.bindparam("bid")),
-                assignments,
-            )
+            del items, data
+        # Notices of the day (or before) left without a batch: those of units that already had
+        # one for the day, or of codes that are no longer receiving units.
+        result.waiting = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(notices)
+            .where(notices.c.batch_id.is_(None), notices.c.business_date <= business_date)
+        ).scalar_one()
+        writer.wait()  # every batch file is on disk before the rows that name it are committed
     return result

@@ -21,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import operator
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -97,9 +99,46 @@ class ImportResult:
 # --- shared with uploads -------------------------------------------------------------------------
 
 
+#: What ``json.dumps(..., ensure_ascii=False)`` escapes besides the quote, as UTF-8 bytes
+#: (no byte of a multi-byte UTF-8 sequence is below 0x80, so these bytes are those characters).
+_ESCAPED = bytes(range(0x20)) + b"\\"
+_PAIR = '":"'.join
+_COMMA = '","'.join
+#: Key order as the record's keys come -> the same keys sorted (records of a pattern share it).
+_SORTED: dict[tuple, tuple] = {}
+_SORTED_LIMIT = 4_096
+
+
 def record_content(record: Record) -> tuple[str, str]:
-    """The record as stored (canonical JSON text) and its SHA-256: equal content, equal hash."""
-    text = json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """The record as stored (canonical JSON text) and its SHA-256: equal content, equal hash.
+
+    The canonical text is ``json.dumps(record.to_json(), ensure_ascii=False,
+    sort_keys=True, separators=(",", ":"))`` — stored hashes depend on it, so
+    it never changes.  A record of plain strings (no quote, backslash or
+    control character: every valid record) has exactly that text without an
+    encoder: ``{"key":"value",…}`` in key order, joined in C, with the sorted
+    key order remembered per key set.  Anything else goes through
+    ``json.dumps`` itself.
+    """
+    obj = record.to_json()
+    try:
+        keys = tuple(obj)
+        order = _SORTED.get(keys)
+        if order is None:
+            if len(_SORTED) >= _SORTED_LIMIT:
+                _SORTED.clear()
+            order = _SORTED[keys] = tuple(sorted(keys))
+        text = (
+            '{"' + _COMMA(map(_PAIR, zip(order, map(obj.__getitem__, order), strict=True))) + '"}'
+        )
+    except TypeError:  # a key or value that is not a string: the encoder decides
+        text = None
+    if text is not None:
+        data = text.encode("utf-8")
+        # Four structural quotes per pair: any more is a quote inside a key or value.
+        if data.count(b'"') == 4 * len(obj) and len(data.translate(None, _ESCAPED)) == len(data):
+            return text, hashlib.sha256(data).hexdigest()
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -189,10 +228,13 @@ def read_rows(data: bytes, name: str) -> tuple[str, Iterator[tuple[int, Record |
 # --- importing -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Candidate:
+class _Candidate(NamedTuple):
+    """A valid record, reduced to what is stored (the record itself is not kept: memory)."""
+
     line: int
-    record: Record
+    record_id: str
+    lasdec: str | None
+    pattern: str
     text: str
     content_hash: str
     substitutions: list[dict]
@@ -249,7 +291,8 @@ def _check(
                 record, subs = degenerate_record(row)
             except NoticeWriteError:
                 record, subs = row, []  # validation names every character without a code
-        problems = [p.to_json() for p in validate(record, check_encoding=not from_juki)]
+        found = validate(record, check_encoding=not from_juki)
+        problems = [p.to_json() for p in found] if found else []
         if not problems:
             routing = routing_problem(record.get("address_code"), receiving)
             if routing is not None:
@@ -265,7 +308,17 @@ def _check(
             )
             continue
         text, content_hash = record_content(record)
-        candidates.append(_Candidate(line, record, text, content_hash, subs))
+        candidates.append(
+            _Candidate(
+                line,
+                record.record_id,
+                record.get("address_code"),
+                record.pattern,
+                text,
+                content_hash,
+                subs,
+            )
+        )
     return candidates
 
 
@@ -345,28 +398,14 @@ def import_notices(
 def _store(
     conn: Connection, result: ImportResult, candidates: list[_Candidate], now: datetime
 ) -> None:
-    existing = _existing(conn, [c.record.record_id for c in candidates])
-    new: list[dict] = []
+    existing = _existing(conn, [c.record_id for c in candidates])
+    new: list[_Candidate] = []
     conflicts: list[dict] = []
     for candidate in candidates:
-        record_id = candidate.record.record_id
+        record_id = candidate.record_id
         before = existing.get(record_id)
         if before is None:
-            new.append(
-                {
-                    "record_id": record_id,
-                    "lasdec": candidate.record.get("address_code"),
-                    "pattern": candidate.record.pattern,
-                    "business_date": result.business_date,
-                    "record": candidate.text,
-                    "content_hash": candidate.content_hash,
-                    "substitutions": json.dumps(candidate.substitutions, ensure_ascii=False)
-                    if candidate.substitutions
-                    else None,
-                    "import_id": result.import_id,
-                    "imported_at": now,
-                }
-            )
+            new.append(candidate)
             result.substitutions.extend(candidate.substitutions)
         elif before[0] == candidate.content_hash:
             result.duplicates.append(record_id)
@@ -376,7 +415,7 @@ def _store(
                 {
                     "line": candidate.line,
                     "record_id": record_id,
-                    "pattern": candidate.record.pattern,
+                    "pattern": candidate.pattern,
                     "problems": [conflict_problem(record_id, where)],
                 }
             )
@@ -401,4 +440,62 @@ def _store(
         )
     )
     if new:
-        conn.execute(notices.insert(), new)
+        _insert_notices(conn, new, result, now)
+
+
+#: The columns an import fills; the rest (notice_id, batch_id) take their defaults.
+_VARYING = ("record_id", "lasdec", "pattern", "record", "content_hash", "substitutions")
+_CONSTANT = ("business_date", "import_id", "imported_at")
+
+
+def _insert_notices(
+    conn: Connection, new: list[_Candidate], result: ImportResult, now: datetime
+) -> None:
+    """Insert the new notices with one ``executemany``, parameters already in the driver's form.
+
+    ``conn.execute(notices.insert(), rows)`` runs SQLAlchemy's parameter
+    processing for every value of every row in Python — for a large file it
+    costs more than the database's own insert.  The values that need
+    converting (the business date and the aware timestamp) are the same for
+    the whole file, so they are converted once with the column types' own
+    processors for this dialect; the varying values are strings, which no
+    dialect converts.  The SQL is the table's INSERT compiled for the
+    connection's dialect, so SQLite and PostgreSQL run the same statement as
+    before.
+    """
+    dialect = conn.dialect
+    constants = {
+        "business_date": result.business_date,
+        "import_id": result.import_id,
+        "imported_at": now,
+    }
+    if any(
+        notices.c[name].type.dialect_impl(dialect).bind_processor(dialect) is not None
+        for name in _VARYING
+    ):  # a dialect that converts strings: let SQLAlchemy convert everything, row by row
+        conn.execute(notices.insert(), [_row_values(c, constants) for c in new])
+        return
+    for name, value in constants.items():
+        processor = notices.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        constants[name] = processor(value) if processor is not None else value
+    compiled = notices.insert().compile(dialect=dialect, column_keys=[*_VARYING, *_CONSTANT])
+    rows = (_row_values(c, constants) for c in new)
+    if compiled.positional:
+        params: list = list(map(operator.itemgetter(*compiled.positiontup), rows))
+    else:
+        params = list(rows)
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def _row_values(candidate: _Candidate, constants: dict) -> dict:
+    return {
+        "record_id": candidate.record_id,
+        "lasdec": candidate.lasdec,
+        "pattern": candidate.pattern,
+        "record": candidate.text,
+        "content_hash": candidate.content_hash,
+        "substitutions": json.dumps(candidate.substitutions, ensure_ascii=False)
+        if candidate.substitutions
+        else None,
+        **constants,
+    }

@@ -146,11 +146,15 @@ def receive_upload(
     except NoticeFileError as exc:
         rows, good, rejected, file_error = 0, [], [], file_error_entry(exc)
     upload_id = "up_" + secrets.token_hex(8)
+    # Written (two fsyncs) before the write transaction, so the database's single writer lock
+    # is not held while the disk syncs — every terminal's requests queue behind that lock.
+    blobs.put(data, sha256=sha256)
     try:
         with storage.begin() as conn:
-            # Stored inside the write transaction, so a purge (which re-checks references in its
-            # own write transaction) can never delete the file this new row will point to.
-            blobs.put(data)
+            # Stored again inside the write transaction — a no-op unless a purge removed the file
+            # in between — so a purge (which re-checks references in its own write transaction)
+            # can never delete the file this new row will point to.
+            blobs.put(data, sha256=sha256)
             previous = _previous(conn, lasdec, [record.record_id for _, record in good])
             accepted: list[str] = []
             duplicates: list[str] = []
