@@ -137,12 +137,15 @@ def run(args: argparse.Namespace) -> tuple[dict, list[str]]:
             return
         started = time.perf_counter()
         print(f"bench: {name} …", file=sys.stderr, flush=True)
+        load = results.setdefault("load_average", {})  # other work on the machine, 1 minute
+        load[name] = [round(os.getloadavg()[0], 2)]
         try:
             results[name] = call()
         except Exception:
             failed.append(name)
             results[name] = {"failed": {"error": traceback.format_exc(limit=3)[-1500:]}}
             print(traceback.format_exc(), file=sys.stderr)
+        load[name].append(round(os.getloadavg()[0], 2))
         print(f"bench: {name} done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     attempt("fleet", lambda: fleet.run(sizes["terminals"], compression=sizes["compression"]))

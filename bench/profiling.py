@@ -99,17 +99,8 @@ class Profiler:
         return {name: summarize(path, top=top) for name, path in self.written if path.exists()}
 
 
-#: Frames every stack of a server or child process passes through: left out of "total".
-_PLUMBING = (
-    "threading.py",
-    "<frozen",
-    "concurrent/futures/",
-    "gunicorn/",
-    "runpy",
-    "flask/app.py",
-    "<module>",
-    "bench/",
-)
+#: "Total" counts only this project's frames: where in our code the time goes.
+_OURS = ("server/", "common/", "appliance/")
 
 
 def _short(frame: str) -> str:
@@ -120,7 +111,8 @@ def _short(frame: str) -> str:
 
 
 def summarize(path: Path, *, top: int = 12) -> dict:
-    """The functions with the most samples: ``self`` (on top of the stack) and ``total``."""
+    """The functions with the most samples: ``self`` (on top of the stack, any code) and
+    ``total`` (anywhere in the stack, this project's functions only)."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
@@ -135,7 +127,7 @@ def summarize(path: Path, *, top: int = 12) -> dict:
         samples += n
         own[_short(frames[-1])] += n
         for frame in set(frames):
-            if not any(part in frame for part in _PLUMBING):
+            if frame.partition(" (")[2].startswith(_OURS):
                 total[_short(frame)] += n
     if not samples:
         return {"samples": 0, "self": [], "total": []}

@@ -140,14 +140,26 @@ Profiled with py-spy (profiles at the end), then changed where the time went:
   checked again inside the transaction, so a retention purge still cannot remove it.
   server/batches.py: an acknowledgement reads the batch back in its own transaction.
 
-| figure (same size) | before | after: see |
+| figure (same size) | before | after (full run of 2026-11-27 08:46; 200,000 rows: `--records 200000` runs) |
 |---|---|---|
-| fleet, 1,900 terminals at once | 256.5 s, 7.4 terminals/s | fleet: all_at_once |
-| fleet, 1,900 in a 60 s window | 216.6 s | fleet: burst |
-| import, 200,000 JSON Lines | 2,521 records/s, ratio 0.09, peak 502 MB | 11,979/s, ratio 0.21, 312 MB (quiet machine) |
+| fleet, 1,900 terminals at once | 256.5 s, 7.4 terminals/s, floor ratio 0.18 | 74.9 s, 25.4 terminals/s, floor ratio 0.23 |
+| fleet, 1,900 in a 60 s window | 216.6 s | 75.1 s |
+| import, 200,000 JSON Lines | 2,521 records/s, ratio 0.09, peak 502 MB | 11,979/s, ratio 0.21, 312 MB |
+| import, 2,000,000 JSON Lines | (not run: 15 min at that rate) | 11,921/s, ratio 0.25, 313 MB |
 | close-day, 200,000 | 3,609 records/s, ratio 0.49, peak 347 MB | 14,052/s, ratio 0.79, 73 MB |
-| close-day, 2,000,000 | every notice's text held at once (est. 3 GB) | transition: close_day |
-| parse + validate (fileformat) | 27,272 records/s | fileformat: parse_validate |
+| close-day, 2,000,000 | every notice's text held at once (est. 3 GB) | 18,275/s, ratio 0.74, 137 MB |
+| parse + validate (fileformat) | 27,272 records/s | 42,274 records/s |
+| 1,000-record download vs nginx | ratio 0.12 | ratio 0.12 (authentication-bound, see below) |
+
+What limits the fleet now is SQLite's single writer: in the fleet profile below the largest
+entry is `BEGIN IMMEDIATE` waiting for the write lock (36 % of the server's samples), most of
+it for the nonce every request writes (server/enrollment.py `remember_nonce`, in its own
+synchronous=FULL transaction) — nine fsync'd commits per terminal in all. The fleet still
+finishes in a quarter of the five minutes and could be 24 times larger within the real
+30-minute window. Patched in for a trial (not committed; 1,000 terminals at once, quiet
+machine): nonce and contact at synchronous=NORMAL −6 %, plus a file lock that wakes the next
+writer instead of SQLite's sleeping busy handler −10 %. The server is then CPU-bound: about
+50 ms of CPU per terminal, ~9 ms a request (TLS, the RFC 9421 check, SQLAlchemy, Flask).
 
 The machine is shared with other work (load average 1–16 during these runs): compare the
 ratios, which carry their own baseline, rather than seconds across runs.
@@ -249,7 +261,7 @@ def _profile_lines(profiles: dict) -> list[str]:
     for name, summary in profiles.items():
         lines += [f"### profile: {name} ({summary['samples']:,} samples)", ""]
         lines += [
-            "| on top of the stack (self) | % | anywhere in the stack (total) | % |",
+            "| on top of the stack (self) | % | ours, anywhere in the stack (total) | % |",
             "|---|---|---|---|",
         ]
         own, total = summary["self"], summary["total"]
@@ -275,7 +287,17 @@ def markdown(results: dict, *, notes: list[str] | None = None, changes: bool = T
         "complete) and `bench/scaling.png`.",
         "",
     ]
-    lines += notes or []
+    if results.get("load_average"):
+        loads = ", ".join(
+            f"{name} {start:.1f}→{end:.1f}"
+            for name, (start, end, *_rest) in results["load_average"].items()
+        )
+        lines += [
+            "Load average (1 min) of the machine at the start → end of each benchmark "
+            f"(2 CPUs; other work shares them): {loads}.",
+            "",
+        ]
+    lines += [*(notes or []), *results.get("notes", [])]
     found = list(verdicts(results))
     if found:
         lines += [
