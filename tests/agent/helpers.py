@@ -20,13 +20,12 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography.hazmat.primitives import serialization
 
 from appliance.agent.config import AgentConfig
@@ -44,6 +43,7 @@ from server.batches import list_batches
 from server.storage import received_notices, uploads
 from tests.agent.conftest import LOOPBACK, SERVER_NAME, AgentServer, Enrolled, free_port
 from tests.server.conftest import api_publish
+from tests.smtp_relay import REFUSED, Delivered, Recorder
 
 __all__ = [
     "HOST",
@@ -278,50 +278,6 @@ def drop(site: Site, name: str, data: bytes) -> Path:
 HOST = LOOPBACK
 USER = "renkei-agent"
 PASSWORD = 'pa$$ w0rd:\\"x'
-REFUSED = "nobody@city.example.lg.jp"
-
-
-@dataclass
-class Delivered:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-    tls: bool
-    login: bytes | None
-
-
-@dataclass
-class Recorder:
-    """aiosmtpd handler: refuses :data:`REFUSED` at RCPT, keeps every message it accepts."""
-
-    messages: list[Delivered] = field(default_factory=list)
-    logins: list[bytes] = field(default_factory=list)
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
-        if address == REFUSED:
-            return "550 5.1.1 <nobody@city.example.lg.jp>: mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
-        self.messages.append(
-            Delivered(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                envelope.original_content,
-                session.ssl is not None,
-                login,
-            )
-        )
-        return "250 2.0.0 accepted"
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-        assert isinstance(auth_data, LoginPassword)
-        self.logins.append(auth_data.login)
-        ok = auth_data.login == USER.encode() and auth_data.password == PASSWORD.encode()
-        # handled=False: aiosmtpd then answers 535 itself (True means "already answered").
-        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 @dataclass(frozen=True)

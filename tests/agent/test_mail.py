@@ -60,7 +60,7 @@ def start_relay(tls) -> Iterator:  # type: ignore[no-untyped-def]
     controllers: list[Controller] = []
 
     def start(*, starttls: bool = False, auth: bool = False) -> Relay:
-        recorder = Recorder()
+        recorder = Recorder(USER, PASSWORD)
         options: dict = {}
         if starttls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -43,7 +43,7 @@ from aiosmtpd.controller import Controller
 from appliance.agent.config import AgentConfig
 from appliance.agent.folders import FOLDER_MODES
 from server.tls import make_dev_ca, make_server_cert
-from tests.agent.helpers import HOST, Recorder, Tls, free_port
+from tests.agent.helpers import HOST, PASSWORD, USER, Recorder, Tls, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS = REPO / "appliance" / "rootfs"
@@ -565,7 +565,7 @@ def test_agent_runs_under_the_units_seccomp_filters(tmp_path, tls) -> None:  # t
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tls.cert, tls.key)
-    recorder = Recorder()
+    recorder = Recorder(USER, PASSWORD)
     relay = Controller(recorder, hostname=HOST, port=free_port(), tls_context=context)
     relay.start()
     try:

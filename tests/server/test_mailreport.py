@@ -9,12 +9,9 @@ that very port and the next run must deliver each spooled mail exactly once.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import socket
 import ssl
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +19,6 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner
 
 from server.blobs import BlobStore
@@ -34,6 +30,7 @@ from server.storage import Storage, mail_outbox
 from server.tls import make_dev_ca, make_server_cert
 from tests.server.conftest import API_A, CORE_NOW, api_init_data
 from tests.server.test_dashboard import BAD_BIRTH_DATE, make_day, municipality_file
+from tests.smtp_relay import Recorder
 
 USER, SECRET = "renkei-report", "relay pass phrase"
 OPERATORS = ("ops1@moj.example.go.jp", "ops2@moj.example.go.jp")
@@ -41,41 +38,6 @@ CONTACT_A = "juki@city.chiyoda.example.lg.jp"
 DAY = date(2026, 11, 27)
 #: The next morning, 07:00 in Japan, when the timer runs the report.
 MORNING = CORE_NOW + timedelta(hours=13)
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-    tls: bool
-    login: bytes | None
-
-    @property
-    def message(self) -> email.message.EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
-
-
-@dataclass
-class Recorder:
-    messages: list[Received] = field(default_factory=list)
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
-        self.messages.append(
-            Received(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                envelope.original_content,
-                session.ssl is not None,
-                login,
-            )
-        )
-        return "250 2.0.0 accepted"
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-        ok = auth_data.login == USER.encode() and auth_data.password == SECRET.encode()
-        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 def free_port() -> int:
@@ -99,7 +61,7 @@ def start_relay(relay_tls):  # type: ignore[no-untyped-def]
     controllers = []
 
     def start(port: int) -> Recorder:
-        recorder = Recorder()
+        recorder = Recorder(USER, SECRET)
         controller = Controller(
             recorder,
             hostname="127.0.0.1",
