@@ -16,6 +16,8 @@ APT_IMAGE_PACKAGES := mmdebstrap squashfs-tools zstd debian-archive-keyring pyth
 APT_TEST_PACKAGES += $(APT_IMAGE_PACKAGES) systemd-container lynis
 # The benchmark smoke test runs the nginx baseline too.
 APT_TEST_PACKAGES += nginx
+# The server suites run again on a throw-away PostgreSQL cluster (initdb in a temp dir).
+APT_TEST_PACKAGES += postgresql
 # The benchmarks' baselines (nginx serves the same batch file statically).
 APT_BENCH_PACKAGES := nginx
 
