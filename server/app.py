@@ -108,7 +108,7 @@ def create_app(
 
 
 #: Blueprints whose 401/429 answers are refused terminal requests (counted as auth failures).
-_TERMINAL_BLUEPRINTS = frozenset({"batches", "uploads", "enroll"})
+_TERMINAL_BLUEPRINTS = frozenset({"batches", "uploads", "enroll", "updates"})
 
 
 def _start_request() -> None:

@@ -51,6 +51,7 @@ from .operator_cli import operator_group, report_command
 from .retention import purge
 from .status import server_status
 from .storage import TOKYO, Storage, iso_utc
+from .update_cli import UPDATE_COMMANDS
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 
@@ -541,6 +542,8 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
 
 main.add_command(operator_group)
 main.add_command(report_command)
+for _command in UPDATE_COMMANDS:  # publish-update, update-keys, -timestamp, -status: update_cli.py
+    main.add_command(_command)
 
 
 # --- keys, serve ---------------------------------------------------------------------------------
