@@ -21,7 +21,7 @@ APT_TEST_PACKAGES += postgresql
 # The benchmarks' baselines (nginx serves the same batch file statically).
 APT_BENCH_PACKAGES := nginx
 
-.PHONY: help deps venv demo test lint unit bench image clean juki-table municipality-master
+.PHONY: help deps venv demo test lint unit bench image release clean juki-table municipality-master
 
 help:
 	@echo "make demo   - set up and run the main job on its embedded default"
@@ -69,6 +69,12 @@ image: venv
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_IMAGE_PACKAGES)"
 	$(PY) -m appliance.image build
 	$(PY) -m appliance.image verify dist/image
+
+# An agent release for the terminals' updates: dist/release/renkei-agent-<version>.tar.gz
+# (docs/updates.md: then `renkei-server publish-update` on the ministry server).
+release: venv
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="python3-pip-whl"
+	$(PY) -m appliance.image release
 
 # Regenerate committed data tables from their public sources (needs npm).
 juki-table: venv

@@ -109,6 +109,7 @@ def main() -> None:
     Example:
       renkei-agent sync            # download the ministry notices, send the outbox, now
       renkei-agent status --json   # what the agent knows, for a monitoring script
+      renkei-agent update --check  # is a newer release available? (docs/updates.md)
     """
 
 
@@ -394,6 +395,11 @@ main.add_command(_console)
 
 main.add_command(media)  # renkei-agent media …: registered USB media (media_cli.py)
 main.add_command(card)  # renkei-agent card …: residence-card reader-writer (card_cli.py)
+
+# renkei-agent update …: secure updates (update_cli.py; it imports open_transport from here).
+from .update_cli import update as _update  # noqa: E402
+
+main.add_command(_update)
 
 if __name__ == "__main__":
     main()

@@ -44,6 +44,7 @@ __all__ = [
     "ConfigError",
     "RetryPolicy",
     "SmtpConfig",
+    "UpdateConfig",
     "load_card_config",
     "load_config",
 ]
@@ -102,6 +103,25 @@ class CardConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """``[update]``: where ``renkei-agent update`` installs releases and keeps its TUF state.
+
+    The defaults are the image's layout (docs/updates.md, "On the terminal");
+    tests point them at temporary folders.  ``max_bundle_bytes`` refuses a
+    release larger than that before it is downloaded (TUF knows its length),
+    ``max_unpacked_bytes`` one that unpacks to more; ``self_test_timeout`` is
+    per command of the new release's self-test.
+    """
+
+    install_root: Path = Path("/opt/renkei")
+    state_dir: Path = Path("/var/lib/renkei-update")
+    trusted_root: Path = Path("/usr/share/renkei/update-root.json")
+    max_bundle_bytes: int = 256 * 1024 * 1024
+    max_unpacked_bytes: int = 1024 * 1024 * 1024
+    self_test_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Every setting of the agent; the example configuration describes each key."""
 
@@ -123,6 +143,7 @@ class AgentConfig:
     max_file_bytes: int = 64 * 1024 * 1024
     settle_seconds: float = 5.0
     card: CardConfig = field(default_factory=CardConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     @property
     def queue_path(self) -> Path:
@@ -440,6 +461,7 @@ _TOP = {
     "max_file_bytes",
     "settle_seconds",
     "card",
+    "update",
 }
 _RETRY = {"base", "cap", "jitter", "give_up_after"}
 _SMTP = {"host", "port", "starttls", "username", "password_file", "sender", "recipients"}
@@ -546,6 +568,34 @@ def _card(source: Path, base: Path, data: Mapping[str, Any]) -> CardConfig:
     return config
 
 
+_UPDATE = {
+    "install_root",
+    "state_dir",
+    "trusted_root",
+    "max_bundle_bytes",
+    "max_unpacked_bytes",
+    "self_test_timeout",
+}
+
+
+def _update(source: Path, base: Path, data: Mapping[str, Any]) -> UpdateConfig:
+    reader = _Reader(source, base, "update.", data)
+    reader.check_keys(_UPDATE)
+    default = UpdateConfig()
+    return UpdateConfig(
+        install_root=reader.path("install_root", default=default.install_root),
+        state_dir=reader.path("state_dir", default=default.state_dir),
+        trusted_root=reader.path("trusted_root", default=default.trusted_root),
+        max_bundle_bytes=reader.get(
+            "max_bundle_bytes", lambda v: _integer(v, 1, 1 << 40), default.max_bundle_bytes
+        ),
+        max_unpacked_bytes=reader.get(
+            "max_unpacked_bytes", lambda v: _integer(v, 1, 1 << 42), default.max_unpacked_bytes
+        ),
+        self_test_timeout=reader.get("self_test_timeout", _positive, default.self_test_timeout),
+    )
+
+
 def load_card_config(
     path: Path | None = None, *, env: Mapping[str, str] | None = None
 ) -> CardConfig:
@@ -606,6 +656,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
     retry_table = _table(reader, "retry")
     smtp_table = _table(reader, "smtp")
     card_table = _table(reader, "card")
+    update_table = _table(reader, "update")
     config = AgentConfig(
         server_url=reader.require("server_url", _url),
         lasdec=reader.require("lasdec", _lasdec),
@@ -627,6 +678,9 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
         ),
         settle_seconds=reader.get("settle_seconds", _non_negative, default.settle_seconds),
         card=_card(path, reader.base, card_table) if card_table is not None else CardConfig(),
+        update=(
+            _update(path, reader.base, update_table) if update_table is not None else UpdateConfig()
+        ),
     )
     if config.clock_refuse <= config.clock_warn:
         # preflight.check_clock needs warn < refuse: an offset of at least clock_warn warns,

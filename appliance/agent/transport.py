@@ -28,6 +28,11 @@ Why it looks the way it does:
   ``restart=True`` tells the caller to truncate its partial file and start
   from byte 0.
 
+* **The update repository** (``update_fetch.py``) goes through the same
+  signed requests: :meth:`HttpsTransport.stream` sends a signed GET and hands
+  back the body as chunks (python-tuf's fetcher checks lengths and hashes),
+  :meth:`HttpsTransport.get_json` serves the self-test's ping.
+
 Only ``http.client`` and ``ssl`` from the standard library; the connection
 is reused between requests (keep-alive) and reopened when the server closed
 it.  Not thread-safe: one transport per sync run.
@@ -43,7 +48,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
@@ -375,6 +380,51 @@ class HttpsTransport(Transport):
     def receipt(self, upload_id: str) -> dict:
         """A receipt the server gave before, again."""
         return self._json("GET", f"/uploads/{quote(upload_id, safe='')}/receipt")
+
+    def get_json(self, path: str) -> Any:
+        """A signed GET of ``<prefix>/api/v1<path>`` answered with JSON (e.g. ``/updates/ping``)."""
+        return self._json("GET", path)
+
+    def stream(self, path: str) -> Iterator[bytes]:
+        """A signed GET of ``<prefix>/api/v1<path>``; the body as an iterator of chunks.
+
+        The request is sent and its status checked *before* this returns, so
+        a refusal (404, 401 …) raises :class:`TransportError` here, with
+        ``status`` set; errors while reading the body are raised by the
+        iterator (``net.interrupted`` when the body ends short of its
+        ``Content-Length``).  A caller that stops iterating early (a size limit)
+        drops the connection instead of reading the rest.  For the update
+        repository's metadata and targets (``update_fetch.py``).
+        """
+        response = self._exchange(
+            "GET", path, b"", headers={"Accept": "application/octet-stream, application/json"}
+        )
+        if response.status != 200:
+            raise self._answer_error(response)
+        return self._chunks(response)
+
+    def _chunks(self, response: http.client.HTTPResponse) -> Iterator[bytes]:
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except Exception as exc:
+                    raise self._network_error(exc) from None
+                if not chunk:
+                    break
+                yield chunk
+            if response.length:
+                raise TransportError(
+                    "net.interrupted",
+                    f"the connection to {self.host}:{self.port} broke off, "
+                    f"{response.length} bytes short",
+                    True,
+                )
+            finished = True
+        finally:
+            if not finished or response.will_close:
+                self._drop()  # unread rest, a broken line, or the server closes: not reusable
 
     def close(self) -> None:
         self._drop()

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import traceback
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -34,7 +33,7 @@ from .checksums import SIGNATURE, SUMS, file_sha256, render_sums
 from .errors import EXIT_SETUP, EXIT_USAGE, BuildError
 from .packages import check_name, load_packages
 from .signing import SigningKey, fingerprint, load_signing_key
-from .wheels import build_wheels, copy_source
+from .wheels import PIP_WHEEL_GLOB, build_wheels, copy_source, find_pip_wheel, unpack_pip
 
 __all__ = [
     "PIP_WHEEL_GLOB",
@@ -45,11 +44,10 @@ __all__ = [
     "default_cache",
     "git_info",
     "publish",
+    "update_root",
 ]
 
 TOOLS = ("mmdebstrap", "mksquashfs", "zstd", "tar", "chroot", "flock", "git")
-# pip runs from its wheel inside the chroot (Debian's, from python3-pip-whl): never installed there.
-PIP_WHEEL_GLOB = "/usr/share/python-wheels/pip-*-py3-none-any.whl"
 STAGES = 8
 NAME = "renkei-appliance"
 
@@ -125,6 +123,51 @@ def git_info(source: Path) -> dict[str, object]:
     return info
 
 
+def dev_update_dir() -> Path:
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "renkei" / "update-dev"
+
+
+def update_root() -> tuple[Path, bool]:
+    """The update repository's trusted root the image ships, and whether it is a development one.
+
+    ``RENKEI_UPDATE_ROOT`` names the ``1.root.json`` of the ministry's key
+    ceremony (docs/updates.md).  Without it, the root of a development
+    repository made on first use under ``~/.config/renkei/update-dev/``
+    (``repository/updates/`` for a development server's data folder,
+    ``offline/`` for its root and targets keys), like the image's
+    development signing key: an image with it installs only what that
+    repository publishes.
+    """
+    named = os.environ.get("RENKEI_UPDATE_ROOT")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise BuildError(
+                f"RENKEI_UPDATE_ROOT={named}: no such file (the 1.root.json that "
+                "`renkei-server update-keys init` printed)",
+                code="build.config",
+                exit_status=EXIT_USAGE,
+            )
+        return path, False
+    folder = dev_update_dir()
+    root = folder / "repository" / "updates" / "metadata" / "1.root.json"
+    if not root.exists():
+        from datetime import UTC, datetime
+
+        from server.update_keys import init_repository
+        from server.update_repo import UpdateRepository
+
+        data = folder / "repository"
+        init_repository(
+            UpdateRepository.for_data_dir(data),
+            data_dir=data,
+            offline_dir=folder / "offline",
+            now=datetime.now(UTC),
+        )
+    return root, True
+
+
 def _check_machine() -> Path:
     if os.geteuid() != 0:
         raise BuildError(
@@ -147,14 +190,7 @@ def _check_machine() -> Path:
             code="build.setup",
             exit_status=EXIT_SETUP,
         )
-    wheels = sorted(Path("/").glob(PIP_WHEEL_GLOB.lstrip("/")))
-    if not wheels:
-        raise BuildError(
-            f"no pip wheel at {PIP_WHEEL_GLOB} (Debian package python3-pip-whl)",
-            code="build.setup",
-            exit_status=EXIT_SETUP,
-        )
-    return wheels[-1]
+    return find_pip_wheel()
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -240,6 +276,7 @@ class _Build:
                 exit_status=EXIT_USAGE,
             )
         key, created = load_signing_key(o.key)
+        self.update_root, self.update_root_dev = update_root()
         cache = o.cache or default_cache()
         (cache / "debs").mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="renkei-image-", dir=o.work_parent))
@@ -289,10 +326,7 @@ class _Build:
         src = work / "src"
         count = copy_source(o.source, src)
         pip_dir = work / "pip"
-        with zipfile.ZipFile(
-            pip_wheel
-        ) as wheel:  # run from a folder: a zip import recompiles every time
-            wheel.extractall(pip_dir)
+        unpack_pip(pip_wheel, pip_dir)
         log.detail(f"copied {count} source files")
         mirrors = bootstrap.sources(mirror=o.mirror, security=o.security_mirror)
 
@@ -342,7 +376,13 @@ class _Build:
             "overlay": str(src / "appliance" / "rootfs"),
             "setup_script": str(setup_script) if setup_script.exists() else None,
             "source_date_epoch": sde,
+            "update_root": str(self.update_root),
         }
+        if self.update_root_dev:
+            self._warn(
+                f"the image trusts the DEVELOPMENT update repository {self.update_root}; "
+                "set RENKEI_UPDATE_ROOT for a release"
+            )
         if not setup_script.exists():
             self._warn("appliance/image/setup-rootfs.sh does not exist yet: no hardening step ran")
         (work / "plan.json").write_text(json.dumps(plan, indent=2), encoding="utf-8")
@@ -411,6 +451,9 @@ class _Build:
                 "version": agent_version,
                 "release_dir": customize.release_dir(agent_version),
                 "commands": [f"/usr/bin/{c}" for c in customize.AGENT_COMMANDS],
+                "update_root": customize.UPDATE_ROOT,
+                "update_root_sha256": file_sha256(self.update_root),
+                "update_root_dev": self.update_root_dev,
             },
             "build": {
                 "source_date_epoch": sde,

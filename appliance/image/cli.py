@@ -1,4 +1,4 @@
-"""``python -m appliance.image``: build, verify and lock (a thin click shell over build/verify/wheels).
+"""``python -m appliance.image``: build, verify, lock and release (a thin shell over build/verify/wheels/release).
 
 Exit codes:
 
@@ -24,6 +24,7 @@ import click
 
 from .build import BuildOptions, build_image, default_cache
 from .errors import EXIT_USAGE, BuildError, ImageError, VerifyError
+from .release import ReleaseOptions, build_release
 from .signing import dev_key_path, fingerprint, load_public_key
 from .verify import verify_dist
 from .wheels import write_locks
@@ -264,3 +265,110 @@ def lock(source: Path) -> None:
     except ImageError as exc:
         _fail(exc, False)
     click.echo(f"wrote {runtime} and {build_lock}")
+
+
+@main.command()
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    help="Release version instead of setup.cfg's (test releases; e.g. 0.2.0).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=ROOT / "dist",
+    show_default=True,
+    help="Folder the bundle is written to (renkei-agent-<version>.tar.gz).",
+)
+@click.option(
+    "--source",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=ROOT,
+    show_default=True,
+    help="Source tree to build from.",
+)
+@click.option(
+    "--source-date-epoch",
+    type=int,
+    default=None,
+    help="Build time; default SOURCE_DATE_EPOCH, else HEAD's commit time.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Download cache (PyPI files); default RENKEI_IMAGE_CACHE or /var/cache/renkei-image.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Parent of the temporary work folder (default TMPDIR).",
+)
+@click.option("--keep-work", is_flag=True, help="Keep the work folder for debugging.")
+@click.option(
+    "--verbose/--quiet",
+    "verbose",
+    default=None,
+    help="Show each step's lines (default: when stderr is a terminal).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def release(
+    version: str | None,
+    out: Path,
+    source: Path,
+    source_date_epoch: int | None,
+    cache: Path | None,
+    work_dir: Path | None,
+    keep_work: bool,
+    verbose: bool | None,
+    as_json: bool,
+) -> None:
+    """Build the agent's release bundle for the update server (docs/updates.md).
+
+    The bundle is renkei-agent-<version>.tar.gz: release.json and the agent's
+    virtual environment for /opt/renkei/releases/<version>, built from the
+    same hash-checked wheels as the image.  Publish it with `renkei-server
+    publish-update`.  Needs Debian bookworm's python3 (3.11), python3-pip-whl
+    and the wheels' build tools; no root.  Nothing is written to OUT on failure.
+
+    Example:
+
+        python -m appliance.image release                    # make release
+
+        python -m appliance.image release --version 0.2.0 --out /tmp/rel --json
+    """
+    if source_date_epoch is None and os.environ.get("SOURCE_DATE_EPOCH"):
+        try:
+            source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+        except ValueError:
+            _fail(
+                BuildError(
+                    "SOURCE_DATE_EPOCH is not an integer",
+                    code="build.config",
+                    exit_status=EXIT_USAGE,
+                ),
+                as_json,
+            )
+    options = ReleaseOptions(
+        source=source.resolve(),
+        out=out.resolve(),
+        cache=cache or default_cache(),
+        version=version,
+        source_date_epoch=source_date_epoch,
+        work_parent=work_dir,
+        keep_work=keep_work,
+        verbose=verbose,
+    )
+    try:
+        result = build_release(options)
+    except ImageError as exc:
+        _fail(exc, as_json)
+    except OSError as exc:
+        _fail(BuildError(f"{exc.filename or ''}: {exc.strerror or exc}", code="build.io"), as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **result.to_json()}, ensure_ascii=False))
+        return
+    click.echo(f"built renkei-agent {result.version} in {result.seconds:.0f} s → {result.bundle}")
+    click.echo(f"  {result.sha256}  {result.bundle.name} ({result.length} bytes)")

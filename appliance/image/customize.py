@@ -24,10 +24,29 @@ import sys
 from pathlib import Path
 
 from .rootfs import cleanup, copy_overlay, forget_build_host
+from .wheels import IMAGE_PYTHON
 
-__all__ = ["AGENT_COMMANDS", "OPT", "StepError", "install_agent", "main", "release_dir"]
+__all__ = [
+    "AGENT_COMMANDS",
+    "OPT",
+    "UPDATE_ROOT",
+    "StepError",
+    "check_pip_report",
+    "clean_env",
+    "compile_argv",
+    "install_agent",
+    "main",
+    "pip_install_argv",
+    "release_dir",
+    "release_json",
+    "venv_argv",
+]
 
 OPT = "/opt/renkei"
+#: The update repository's trusted root, shipped read-only (docs/updates.md).
+UPDATE_ROOT = "/usr/share/renkei/update-root.json"
+#: Format of release.json, the first line of every release (the update contract).
+RELEASE_FORMAT = 1
 AGENT_COMMANDS = ("renkei-agent", "renkei-provision")
 STAGE = "/tmp/renkei-wheels"
 PYCACHE = "/tmp/renkei-pycache"
@@ -53,8 +72,63 @@ def release_dir(version: str) -> str:
     return f"{OPT}/releases/{version}"
 
 
-def _env(sde: int, *, pycache: bool = True, **extra: str) -> dict[str, str]:
-    """A clean environment for commands in the chroot: nothing of the build host's leaks in.
+def release_json(version: str) -> bytes:
+    """The release's ``release.json``: what the updater checks before it runs a release."""
+    document = {
+        "format": RELEASE_FORMAT,
+        "version": version,
+        "python": IMAGE_PYTHON,
+        "prefix": release_dir(version),
+    }
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+# The steps that make a release's venv, shared by the image (in the chroot) and
+# `python -m appliance.image release` (on the build host, relocated afterwards).
+
+
+def venv_argv(release: str) -> list[str]:
+    return ["/usr/bin/python3", "-m", "venv", "--without-pip", release]
+
+
+def pip_install_argv(python: str, wheels: str) -> list[str]:
+    """Install exactly install.txt's wheels, offline and hash-checked (pip runs from pip-src)."""
+    return [
+        python, "-m", "pip", "install", "--no-index", "--no-deps", "--require-hashes",
+        "--no-compile", "--no-cache-dir", "--disable-pip-version-check",
+        "--no-warn-script-location", "--find-links", wheels, "-r", f"{wheels}/install.txt",
+    ]  # fmt: skip
+
+
+def pip_check_argv(python: str) -> list[str]:
+    return [python, "-m", "pip", "check", "--disable-pip-version-check"]
+
+
+def check_pip_report(output: str) -> str:
+    """``pip check``'s output: allowed lines only (see wheels.EXCLUDED), else :class:`StepError`."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    bad = [line for line in lines if not _ALLOWED_MISSING.search(line) and "No broken" not in line]
+    if bad:
+        raise StepError("build.agent", "pip check: " + "; ".join(bad))
+    return "; ".join(lines) or "ok"
+
+
+def compile_argv(
+    python: str, lib: str, *, strip: str | None = None, prepend: str | None = None
+) -> list[str]:
+    """Byte code with checked hashes (valid on a read-only tree, independent of file times).
+
+    ``strip``/``prepend``: the folder the byte code names as its source's, when the
+    tree was built elsewhere than where it will live (a relocated release).
+    """
+    argv = [python, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash"]
+    if strip is not None and prepend is not None:
+        argv += ["-s", strip, "-p", prepend]
+    return [*argv, lib]
+
+
+def clean_env(sde: int, *, pycache: bool = True, **extra: str) -> dict[str, str]:
+    """A clean environment for the install commands: nothing of the build host's leaks in.
 
     Byte code Python writes while the build runs goes to ``PYCACHE`` (removed
     at the end), never next to the sources: it would carry this build's file
@@ -106,26 +180,14 @@ def install_agent(root: Path, plan: dict, *, sde: int) -> None:
         shutil.rmtree(stage)
     shutil.copytree(plan["wheels"], stage)
     shutil.copytree(plan["pip_dir"], stage / "pip-src")
-    env = _env(sde)
+    env = clean_env(sde)
     pip_env = {**env, "PYTHONPATH": f"{STAGE}/pip-src"}
     python = f"{release}/bin/python"
     try:
         say(f"agent: venv {release}")
-        chroot(
-            root,
-            ["/usr/bin/python3", "-m", "venv", "--without-pip", release],
-            env=env,
-            code="build.agent",
-        )
+        chroot(root, venv_argv(release), env=env, code="build.agent")
         say("agent: installing wheels offline (hash-checked)")
-        chroot(
-            root,
-            [python, "-m", "pip", "install", "--no-index", "--no-deps",
-             "--require-hashes", "--no-compile", "--no-cache-dir", "--disable-pip-version-check",
-             "--no-warn-script-location", "--find-links", STAGE, "-r", f"{STAGE}/install.txt"],
-            env=pip_env,
-            code="build.agent",
-        )  # fmt: skip
+        chroot(root, pip_install_argv(python, STAGE), env=pip_env, code="build.agent")
         report = _pip_check(root, python, pip_env)
         say(f"agent: dependencies complete ({report})")
     finally:
@@ -133,10 +195,11 @@ def install_agent(root: Path, plan: dict, *, sde: int) -> None:
     say("agent: byte-compiling (checked-hash)")
     chroot(
         root,
-        [python, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", f"{release}/lib"],
-        env=_env(sde, pycache=False),
+        compile_argv(python, f"{release}/lib"),
+        env=clean_env(sde, pycache=False),
         code="build.agent",
     )
+    (root / release.lstrip("/") / "release.json").write_bytes(release_json(version))
     current = root / OPT.lstrip("/") / "current"
     if current.is_symlink() or current.exists():
         current.unlink()
@@ -166,23 +229,27 @@ def install_agent(root: Path, plan: dict, *, sde: int) -> None:
 
 def _pip_check(root: Path, python: str, env: dict[str, str]) -> str:
     result = subprocess.run(
-        ["chroot", str(root), python, "-m", "pip", "check", "--disable-pip-version-check"],
-        env=env,
-        capture_output=True,
-        text=True,
+        ["chroot", str(root), *pip_check_argv(python)], env=env, capture_output=True, text=True
     )
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    bad = [line for line in lines if not _ALLOWED_MISSING.search(line) and "No broken" not in line]
-    if bad:
-        raise StepError("build.agent", "pip check: " + "; ".join(bad))
-    return "; ".join(lines) or "ok"
+    return check_pip_report(result.stdout)
+
+
+def install_update_root(root: Path, source: str | None) -> None:
+    """Ship the update repository's trusted root, read-only (docs/updates.md, "On the terminal")."""
+    if not source:
+        return
+    target = root / UPDATE_ROOT.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    target.chmod(0o444)
+    say(f"update: trusted root {UPDATE_ROOT}")
 
 
 def run_setup_script(root: Path, script: Path, plan: dict, *, sde: int) -> None:
     target = root / SETUP_SCRIPT.lstrip("/")
     shutil.copyfile(script, target)
     target.chmod(0o700)
-    env = _env(
+    env = clean_env(
         sde,
         RENKEI_AGENT_VERSION=plan["agent_version"],
         RENKEI_RELEASE=release_dir(plan["agent_version"]),
@@ -202,6 +269,7 @@ def run(root: Path, plan: dict) -> None:
     install_agent(root, plan, sde=sde)
     copied = copy_overlay(Path(plan["overlay"]), root)
     say(f"overlay: {len(copied)} files from appliance/rootfs")
+    install_update_root(root, plan.get("update_root"))
     script = plan.get("setup_script")
     if script and Path(script).exists():
         say("running appliance/image/setup-rootfs.sh in the chroot")
@@ -213,7 +281,7 @@ def run(root: Path, plan: dict) -> None:
             flush=True,
         )
     # Once more after the hardening: it must not have broken the agent (modes, links, mounts).
-    chroot(root, ["/usr/bin/renkei-agent", "--version"], env=_env(sde), code="build.agent")
+    chroot(root, ["/usr/bin/renkei-agent", "--version"], env=clean_env(sde), code="build.agent")
     shutil.rmtree(root / PYCACHE.lstrip("/"), ignore_errors=True)
     removed = cleanup(root)
     say(f"cleanup: {len(removed)} build leftovers removed")

@@ -35,17 +35,23 @@ grep -qs '^table inet renkei' /etc/nftables.conf \
 [ ! -d /run/systemd/system ] || die "systemd is running here: this is a booted machine, not an image"
 
 # --- 1. Users and groups -------------------------------------------------------------------
-# sysusers.d: renkei-agent, renkei-staff, renkei-tech (made now: step 2 sets the
-# technician's password).  The folders of tmpfiles.d (/srv/renkei, /var/lib/renkei,
+# sysusers.d: renkei-agent, renkei-staff, renkei-update, renkei-tech (made now: step 2
+# sets the technician's password).  The folders of tmpfiles.d (/srv/renkei, /var/lib/renkei,
 # the technician's home) are made at every boot by systemd-tmpfiles-setup.
 systemd-sysusers
 # sysusers stamps today's date as the accounts' last password change; the
 # image must not depend on the day it was built (reproducible builds).
 if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
-    for account in renkei-agent renkei-tech; do
+    for account in renkei-agent renkei-update renkei-tech; do
         chage --lastday "$((SOURCE_DATE_EPOCH / 86400))" "$account"
     done
 fi
+
+# The agent's releases belong to its updater (renkei-update.service): the agent's own
+# user runs them but can never change them (docs/terminal-units.md, "The update unit").
+chown -R renkei-update:renkei-update /opt/renkei
+[ -f /usr/share/renkei/update-root.json ] \
+    || die "/usr/share/renkei/update-root.json is missing: the updater would trust nothing"
 
 # --- 2. Passwords --------------------------------------------------------------------------
 # root: no password at all, anywhere (sudo by the technician instead).

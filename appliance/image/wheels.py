@@ -40,14 +40,17 @@ __all__ = [
     "BUILD_REQUIREMENTS",
     "HOST_PYTHON",
     "RUNTIME_LOCK",
+    "PIP_WHEEL_GLOB",
     "LockedRequirement",
     "Wheel",
     "build_wheels",
     "classify_pip_failure",
     "copy_source",
+    "find_pip_wheel",
     "install_requires",
     "parse_lock",
     "render_lock",
+    "unpack_pip",
     "wheel_name_version",
     "write_locks",
 ]
@@ -61,6 +64,8 @@ EXCLUDED = frozenset({"pip", "setuptools", "wheel"})
 # The interpreter that builds the wheels must be the image's (bookworm: 3.11).
 HOST_PYTHON = "/usr/bin/python3"
 IMAGE_PYTHON = "3.11"
+# pip runs from Debian's wheel (python3-pip-whl), never installed where it installs.
+PIP_WHEEL_GLOB = "/usr/share/python-wheels/pip-*-py3-none-any.whl"
 # What never goes into the image from a source tree.
 _SKIP_PARTS = frozenset(
     {".git", ".venv", "__pycache__", "build", "dist", ".pytest_cache", ".ruff_cache", ".hypothesis"}
@@ -257,6 +262,24 @@ def copy_source(source: Path, dest: Path) -> int:
 
 
 # --- the build --------------------------------------------------------------------
+
+
+def find_pip_wheel() -> Path:
+    """Debian's pip wheel (the newest if several); :class:`BuildError` when it is missing."""
+    wheels = sorted(Path("/").glob(PIP_WHEEL_GLOB.lstrip("/")))
+    if not wheels:
+        raise BuildError(
+            f"no pip wheel at {PIP_WHEEL_GLOB} (Debian package python3-pip-whl)",
+            code="build.setup",
+            exit_status=EXIT_SETUP,
+        )
+    return wheels[-1]
+
+
+def unpack_pip(wheel: Path, dest: Path) -> None:
+    """Unpack the pip wheel to run it from a folder (a zip import recompiles every time)."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(dest)
 
 
 def _sha256(path: Path) -> str:

@@ -45,6 +45,7 @@ LYNIS_TARGET = 80
 #: Units the presets enable (10-renkei.preset + systemd's 90-systemd.preset); nothing else may be.
 ENABLED = {
     "renkei-agent.timer",
+    "renkei-update.timer",
     "renkei-console.service",
     "renkei-provision-prompt.service",
     "nftables.service",
@@ -536,6 +537,39 @@ def test_agent_service_exposure_is_at_most_2(appliance) -> None:  # type: ignore
     assert match, out
     print(f"\nsystemd-analyze security renkei-agent.service (booted image): {match[1]}")
     assert float(match[1]) <= MAX_EXPOSURE, out
+
+
+def _exposure(container: Container, unit: str) -> float:
+    out = container.run("systemd-analyze", "security", "--no-pager", unit).stdout
+    match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", out)
+    assert match, out
+    return float(match[1])
+
+
+def test_update_units_are_present_enabled_and_as_hardened_as_the_agent(appliance) -> None:  # type: ignore[no-untyped-def]
+    props = appliance.show(
+        "renkei-update.timer", "UnitFileState", "ActiveState", "NextElapseUSecRealtime"
+    )
+    assert props["UnitFileState"] == "enabled"
+    assert props["ActiveState"] == "active"
+    assert props["NextElapseUSecRealtime"], "the timer has a next run"
+    service = appliance.show("renkei-update.service", "LoadState", "Result", "User")
+    assert service == {"LoadState": "loaded", "Result": "success", "User": "renkei-update"}
+    update, agent = (
+        _exposure(appliance, "renkei-update.service"),
+        _exposure(appliance, "renkei-agent.service"),
+    )
+    print(f"\nsystemd-analyze security (booted image): update {update}, agent {agent}")
+    assert update <= agent
+    # The releases belong to the updater; the agent runs them but cannot change them.
+    owners = appliance.run("stat", "-c", "%U %a", "/opt/renkei", "/opt/renkei/releases").stdout
+    assert owners.split() == ["renkei-update", "755", "renkei-update", "755"]
+    writable = appliance.run(
+        "runuser", "-u", "renkei-agent", "--", "test", "-w", "/opt/renkei/releases", check=False
+    )
+    assert writable.returncode == 1
+    root = appliance.run("stat", "-c", "%a %U", "/usr/share/renkei/update-root.json").stdout
+    assert root.split() == ["444", "root"]
 
 
 def test_lynis_hardening_index(appliance, record_property, request) -> None:  # type: ignore[no-untyped-def]

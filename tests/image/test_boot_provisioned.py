@@ -179,6 +179,57 @@ def test_agent_sandbox_score_with_the_provisioned_allow_list(provisioned) -> Non
     assert score <= 2.0, out
 
 
+# --- the updater under its unit -----------------------------------------------------------------
+
+UPDATE_PROBE = """\
+# Test only: what the updater's sandbox shows it, then its signed ping (no server: exit 1).
+[Service]
+ExecStart=
+ExecStart=/usr/bin/test -r /var/lib/renkei/terminal-key.pem
+ExecStart=/usr/bin/test -r /etc/renkei/agent.toml
+ExecStart=/usr/bin/test ! -e /var/lib/renkei/queue.sqlite3
+ExecStart=/usr/bin/test ! -e /srv/renkei/outbox
+ExecStart=/usr/bin/test -w /opt/renkei/releases
+ExecStart=/usr/bin/test -w /var/lib/renkei-update
+ExecStart=/usr/bin/test ! -w /usr/share/renkei/update-root.json
+ExecStart=/usr/bin/renkei-agent update self-test --json
+# 1: the ping found no server (expected here); 2 would be an unreadable agent.toml or key.
+SuccessExitStatus=1
+"""
+UPDATE_CONTROL = """\
+# Test only (control): the agent's queue must be out of sight; this probe must fail.
+[Service]
+ExecStart=
+ExecStart=/usr/bin/test -e /var/lib/renkei/queue.sqlite3
+"""
+
+
+def _start_update(c: Container) -> dict[str, str]:
+    c.systemctl("reset-failed", "renkei-update.service", check=False)
+    c.systemctl("start", "renkei-update.service", check=False)
+    return c.show("renkei-update.service", "Result", "ExecMainStatus", "ExecMainCode")
+
+
+def test_the_updater_reads_the_key_and_config_and_sees_nothing_else_of_the_agent(
+    provisioned,
+) -> None:  # type: ignore[no-untyped-def]
+    c = provisioned.container
+    c.write("/var/lib/renkei/queue.sqlite3", "the agent's", 0o600, "renkei-agent:renkei-agent")
+    _dropin(c, "renkei-update.service", "zz-test-probe", UPDATE_PROBE)
+    try:
+        state = _start_update(c)
+        journal = c.journal("-u", "renkei-update.service")
+        assert state["Result"] == "success", f"{state}\n{journal}"
+        assert state["ExecMainStatus"] == "1", f"the ping ran and found no server: {state}"
+        _dropin(c, "renkei-update.service", "zz-test-probe", UPDATE_CONTROL)
+        refused = _start_update(c)
+        assert refused["Result"] != "success", refused
+    finally:
+        _remove_dropin(c, "renkei-update.service", "zz-test-probe")
+        c.systemctl("reset-failed", "renkei-update.service", check=False)
+        c.run("rm", "-f", "/var/lib/renkei/queue.sqlite3")
+
+
 # --- the staff console ---------------------------------------------------------------------------
 
 

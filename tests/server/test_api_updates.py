@@ -23,7 +23,7 @@ from server.update_keys import rotate_keys
 from server.update_repo import RepositoryFiles, updates_dir
 from tests.server.client import GunicornProcess
 from tests.server.conftest import API_A, api_enroll, api_init_data
-from tests.server.test_update_support import (
+from tests.server.update_support import (
     FlaskFetcher,
     HttpsFetcher,
     Repo,

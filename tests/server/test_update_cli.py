@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from server.cli import main
 from server.config import DEFAULT_DATA_DIR
 from server.update_repo import UpdateRepository
-from tests.server.test_update_support import (
+from tests.server.update_support import (
     FolderFetcher,
     make_bundle,
     new_repo,

@@ -27,7 +27,7 @@ from server.update_bundle import BundleError, read_release
 from server.update_keys import init_repository, renew_root, rotate_keys
 from server.update_repo import RepositoryFiles, UpdateError, UpdateRepository, load_signer
 from server.update_status import repository_status
-from tests.server.test_update_support import (
+from tests.server.update_support import (
     FolderFetcher,
     Repo,
     make_bundle,
