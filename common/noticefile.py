@@ -234,6 +234,8 @@ def _binary_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, int, bytes
                 line=line_no + 1,
                 offset=base + len(buf) - 1,
             )
+        if _has_lf(buf):
+            raise _lf_only(name, line_no + 1, base)
         raise NoticeFileError(
             "the last line does not end in CR LF: the file was cut short (truncated)",
             message_ja="最終行が改行（CR LF）で終わっていません。ファイルが途中で切れている可能性があります",
@@ -244,17 +246,36 @@ def _binary_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, int, bytes
         )
 
 
-def _long_line(data: bytes, name: str, line_no: int, offset: int) -> NoticeFileError:
-    if b"\x00\n" in data:
-        message = "line ends are LF only; notice files end every line in CR LF"
-        message_ja = "改行コードが LF のみです。通知ファイルの改行は CR LF です"
-        code = "file.line_end"
-    else:
-        message = f"a line longer than {MAX_LINE_CHARS} characters: not a notice file"
-        message_ja = f"{MAX_LINE_CHARS} 文字を超える行があります。通知ファイルではありません"
-        code = "file.long_line"
+def _has_lf(data: bytes) -> bool:
+    """Whether ``data`` (starting at a unit) holds an LF unit, J+000A."""
+    at = data.find(b"\x00\n")
+    while at >= 0 and at % 2:  # the bytes of two other units
+        at = data.find(b"\x00\n", at + 1)
+    return at >= 0
+
+
+def _lf_only(name: str, line_no: int, offset: int) -> NoticeFileError:
+    """LF without CR: the commonest conversion slip, named as such rather than as a cut."""
     return NoticeFileError(
-        message, message_ja=message_ja, code=code, name=name, line=line_no, offset=offset
+        "line ends are LF only; notice files end every line in CR LF",
+        message_ja="改行コードが LF のみです。通知ファイルの改行は CR LF です",
+        code="file.line_end",
+        name=name,
+        line=line_no,
+        offset=offset,
+    )
+
+
+def _long_line(data: bytes, name: str, line_no: int, offset: int) -> NoticeFileError:
+    if _has_lf(data):
+        return _lf_only(name, line_no, offset)
+    return NoticeFileError(
+        f"a line longer than {MAX_LINE_CHARS} characters: not a notice file",
+        message_ja=f"{MAX_LINE_CHARS} 文字を超える行があります。通知ファイルではありません",
+        code="file.long_line",
+        name=name,
+        line=line_no,
+        offset=offset,
     )
 
 
@@ -328,21 +349,26 @@ class NoticeReader:
         parser = self._parser
         stats = self.stats
         # The common line (no quotes, no stray line breaks, the right width, a new id) is
-        # handled inline; anything else goes through the parser, which explains what is wrong.
+        # handled inline, by the C row parser when the juki extension is built; anything
+        # else goes through the Python parser, which explains what is wrong.
         columns, width, seen, make = parser.columns, parser.width, parser.seen, parser.record_type
+        fast = juki.row_parser(columns, make)
         decode = juki.decode
         for line_no, offset, raw in self._lines:
             stats.lines = line_no
+            if fast is not None:
+                record = fast(raw)
+                if record is not None:
+                    record_id = record.record_id
+                    if record_id and record_id not in seen:
+                        seen.add(record_id)
+                        stats.records += 1
+                        yield record
+                        continue
             try:
                 text = decode(raw)
             except UnicodeDecodeError as exc:
-                unit = raw[exc.start - exc.start % 2 : exc.start - exc.start % 2 + 2]
-                result: Record | RowError = RowError(
-                    line_no,
-                    "row.encoding",
-                    f"byte {offset + exc.start}: J+{unit.hex().upper()} is not a Juki character ({exc.reason})",
-                    f"{exc.start // 2 + 1} 文字目（J+{unit.hex().upper()}）は住基統一文字コードの文字ではありません",
-                )
+                result: Record | RowError = _encoding_error(line_no, offset, raw, exc, columns)
             else:
                 if '"' in text or "\r" in text or "\n" in text:
                     result = parser.parse_line(line_no, text)
@@ -365,6 +391,45 @@ class NoticeReader:
             else:
                 stats.records += 1
             yield result
+
+
+def _encoding_error(
+    line_no: int, offset: int, raw: bytes, exc: UnicodeDecodeError, columns: tuple[str, ...]
+) -> RowError:
+    """A row with a unit that is not Juki: where it is, down to the record and the item.
+
+    Everything before the first bad unit decodes, so its commas (outside
+    quotes) say which field the unit is in, and the first field, when
+    complete, is the record id.
+    """
+    at = exc.start - exc.start % 2
+    unit = raw[at : at + 2].hex().upper()
+    before = juki.decode(raw[:at])
+    field, field_start, quoted, record_id = 0, 0, False, None
+    for i, char in enumerate(before):
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            if field == 0:
+                record_id = before[:i].strip('"') or None
+            field, field_start = field + 1, i + 1
+    names = ("record_id", "pattern", *columns)
+    column = names[field] if field < len(names) else None
+    written = before[field_start:]
+    if written.startswith('"'):  # the value's own characters, as the sender means them
+        written = written[1:].replace('""', '"')
+    position = len(written) + 1
+    where = f"column {column}" if column else f"field {field + 1}"
+    where_ja = f"項目 {column} の" if column else f"{field + 1} 番目の項目の"
+    return RowError(
+        line_no,
+        "row.encoding",
+        f"byte {offset + at}, {where}, character {position}: J+{unit} is not a Juki character "
+        f"({exc.reason})",
+        f"{where_ja} {position} 文字目（J+{unit}）は住基統一文字コードの文字ではありません",
+        record_id=record_id,
+        column=column,
+    )
 
 
 def read_notice_file(stream: BinaryIO, *, name: str = "<stream>") -> NoticeReader:

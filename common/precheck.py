@@ -25,7 +25,6 @@ from .patterns import Mark, UnknownPatternError, get_pattern, persons_category
 from .records import Record
 
 _RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CORRECTION = "3"
 _CACHE_LIMIT = 200_000
 
@@ -176,7 +175,8 @@ def _exempt(values: Mapping[str, str], plan: _Plan, missing: frozenset[str], pre
     return True
 
 
-_NAME_OK = frozenset({("1", True, False), ("2", False, True), ("3", True, True)})
+#: Name kind (氏名分類コード) by which of alphabet and kanji are present.
+_NAME_KIND = {(True, False): "1", (False, True): "2", (True, True): "3"}
 _NAMES = (
     ("name_kind", "name_alphabet", "name_kanji"),
     ("old_name_kind", "old_name_alphabet", "old_name_kanji"),
@@ -218,8 +218,8 @@ class _Shape:
     old_present: bool  # every old column a correction needs is present
     exempt_old_missing: frozenset[str]
     checks: tuple[tuple[str, frozenset[str] | set[str], _Good | None], ...]
-    names: tuple[tuple[str, bool, bool], ...]  # (kind column, alphabet present, kanji present)
-    cards: tuple[tuple[str, str], ...]  # (kind column, number column), either present
+    names: tuple[tuple[str, str], ...]  # (kind column, the kind the present parts call for)
+    cards: tuple[tuple[str, str], ...]  # (kind column, number column), both present
 
 
 _SHAPES: dict[tuple[str, str, tuple[str, ...]], _Shape | None] = {}
@@ -242,21 +242,27 @@ def _shape(direction: str, code: str, keys: tuple[str, ...]) -> _Shape | None:
     if "householder_name" in present and "householder_relationship" not in present:
         return None
     checkers = _checkers(direction)
-    names = tuple(
-        (kind, alphabet in present, kanji in present)
-        for kind, alphabet, kanji in _NAMES
-        if kind in present or alphabet in present or kanji in present
-    )
+    names = []
+    for kind, alphabet, kanji in _NAMES:
+        if kind in present or alphabet in present or kanji in present:
+            wanted = _NAME_KIND.get((alphabet in present, kanji in present))
+            if wanted is None or kind not in present:
+                return None
+            names.append((kind, wanted))
+    cards = []
+    for kind, number in _CARDS:
+        if kind in present or number in present:
+            if kind not in present or number not in present:
+                return None
+            cards.append((kind, number))
     return _Shape(
         plan=plan,
         exempt_missing=plan.exempt_required - present,
         old_present=plan.old_required <= present,
         exempt_old_missing=plan.exempt_old - present,
         checks=tuple((column, *checkers[column]) for column in sorted(checkers.keys() & present)),
-        names=names,
-        cards=tuple(
-            (kind, number) for kind, number in _CARDS if kind in present or number in present
-        ),
+        names=tuple(names),
+        cards=tuple(cards),
     )
 
 
@@ -289,18 +295,15 @@ def precheck(record: Record, *, check_encoding: bool = True) -> bool:
         value = values[column]
         if value not in good and (learner is None or not learner.learn(value)):
             return False
-    joined = " ".join(values.values())
-    if _CONTROL.search(joined) is not None:
+    if juki.has_control(values.values()):  # one C pass when built, no joined copy
         return False
-    if check_encoding and not juki.is_encodable(joined):
+    if check_encoding and not juki.is_encodable(" ".join(values.values())):
         return False
-    for kind_column, alphabet, kanji in shape.names:
-        if (values.get(kind_column), alphabet, kanji) not in _NAME_OK:
+    for kind_column, wanted in shape.names:
+        if values[kind_column] != wanted:
             return False
     for kind_column, number_column in shape.cards:
-        kind = values.get(kind_column)
-        number = values.get(number_column)
-        pattern = cardnumber.NUMBER_FORMATS.get(kind) if kind is not None else None
-        if number is None or pattern is None or pattern.fullmatch(number) is None:
+        pattern = cardnumber.NUMBER_FORMATS.get(values[kind_column])
+        if pattern is None or pattern.fullmatch(values[number_column]) is None:
             return False
     return _dates_ok(values, plan.planned_event)

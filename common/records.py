@@ -9,6 +9,7 @@ columns; a context item (○) carries only its current value.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -58,6 +59,15 @@ class ItemValue:
     old: Any
 
 
+class _NoValues(enum.Enum):
+    """The type of ``values``' default: a new empty dict for each record."""
+
+    TOKEN = 0
+
+
+_NO_VALUES = _NoValues.TOKEN
+
+
 def _view(item: Item, parts: tuple[str | None, ...]) -> Any:
     if all(part is None for part in parts):
         return None
@@ -73,12 +83,20 @@ def _view(item: Item, parts: tuple[str | None, ...]) -> Any:
     return parts[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Record:
     """One notice record.
 
     ``values`` maps column id -> text for the non-empty columns only; an empty
     field in a file and a missing key here mean the same thing.
+
+    Immutable like any frozen dataclass, but built faster: a file holds up to
+    two million records, and the generated ``__init__`` of a frozen
+    dataclass sets each field through ``object.__setattr__`` (a global and
+    an attribute lookup per field). ``__init__`` here stores through the
+    slots' own descriptors instead, and the notice reader's C row parser
+    (``common/juki/_scan.c``, ``parse_row``) makes a record the same way
+    without a Python frame. Subclasses must keep ``init=False``.
     """
 
     direction: ClassVar[str] = ""
@@ -86,6 +104,13 @@ class Record:
     record_id: str
     pattern: str
     values: Mapping[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self, record_id: str, pattern: str, values: Mapping[str, str] | _NoValues = _NO_VALUES
+    ) -> None:
+        _set_record_id(self, record_id)
+        _set_pattern(self, pattern)
+        _set_values(self, {} if values is _NO_VALUES else values)
 
     def get(self, column: str) -> str | None:
         return self.values.get(column) or None
@@ -121,14 +146,20 @@ class Record:
         return {"record_id": self.record_id, "pattern": self.pattern, **self.values}
 
 
-@dataclass(frozen=True, slots=True)
+# The slots' descriptors (made by @dataclass(slots=True), so only after the class).
+_set_record_id = Record.__dict__["record_id"].__set__
+_set_pattern = Record.__dict__["pattern"].__set__
+_set_values = Record.__dict__["values"].__set__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class MinistryNotice(Record):
     """法務省通知: ministry → municipality (住基法 30条の50; table 4.1.1)."""
 
     direction: ClassVar[str] = MINISTRY
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MunicipalityNotice(Record):
     """市町村通知: municipality → ministry (入管法 61条の8の2 等; table 4.2.1)."""
 

@@ -45,7 +45,9 @@ from .codec import (
     StreamWriter,
     decode,
     encode,
+    has_control,
     is_encodable,
+    row_parser,
     search_function,
     unencodable,
 )
@@ -63,7 +65,9 @@ __all__ = [
     "degeneration_sources",
     "encode",
     "encode_degenerate",
+    "has_control",
     "is_encodable",
+    "row_parser",
     "unencodable",
 ]
 

@@ -12,11 +12,13 @@ Two scanners give the same answers (``Scanner``): the optional C extension
 built, one compiled regex character class per direction (``tables.Tables``).
 The extension exists only for speed: the regex costs ~6 ns per character,
 seven times the utf-16-be codec itself; the C loop, a table lookup per
-character, ~0.4 ns. It also converts the one-for-one runs (``encode_run``,
-``decode_run``: a character with a single-unit code, a unit whose canonical
-spelling is one BMP character) so that table-mapped characters such as 々
-cost no Python splicing; at anything else it hands back to the loops here,
-and every error goes through the same code as with the regex scanner.
+character, ~0.4 ns. It also converts in C: encoding, the one-for-one runs
+(``encode_run``: a character with a single-unit code), so that table-mapped
+characters such as 々 cost no Python splicing; decoding, every valid unit
+(``decode_run``: variation sequences and astral kanji too). At anything else
+it hands back to the loops here, and every error goes through the same code
+as with the regex scanner. ``row_parser`` gives the notice file's reader the
+same tables for its common row.
 Set ``RENKEI_JUKI_SCANNER=python`` to force the regex (``=c`` to require the
 extension); ``using_scanner`` switches for a block (tests, benchmarks).
 
@@ -33,11 +35,13 @@ from __future__ import annotations
 import codecs
 import contextlib
 import contextvars
+import functools
 import os
 import typing
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import EllipsisType
+from typing import TypeVar
 
 from .tables import (
     VARIATION_SELECTORS,
@@ -68,6 +72,7 @@ _CP932_LOOKALIKES = {
 }
 _INT_MAX = 0x7FFFFFFF  # TextIOWrapper keeps decoder flags in a C int
 SCANNER_ENV = "RENKEI_JUKI_SCANNER"
+T = TypeVar("T")
 # The codec functions themselves: ``str.encode("utf-16-be")`` first looks the
 # codec up by name, which costs more than encoding a short line.
 _utf16_encode = codecs.utf_16_be_encode
@@ -323,6 +328,16 @@ def unencodable(text: str) -> list[tuple[int, str]]:
     return bad
 
 
+def has_control(texts: Iterable[str]) -> bool:
+    """Whether any of ``texts`` holds a control character (U+0000-001F, U+007F).
+
+    TAB, LF and CR count: they are Juki codes, but no value may hold one.
+    With the C scanner, one pass over the strings without joining them (a
+    record's values: the validator's fast path asks this of every record).
+    """
+    return _scanner().has_control(texts)
+
+
 def is_encodable(text: str) -> bool:
     """True when ``encode(text)`` would succeed."""
     return not unencodable(text)
@@ -352,34 +367,41 @@ def decode_chunk(
     return _decode_careful(data, errors, final, offset, scan.decode_find)
 
 
+def row_parser(
+    columns: tuple[str, ...], record_type: type[T]
+) -> Callable[[Buffer], T | None] | None:
+    """The C parser of a notice file's common row, or None with the regex scanner.
+
+    The callable takes one line in Juki code without its CR LF and returns
+    ``record_type`` with ``record_id``, ``pattern`` and the non-empty
+    ``columns`` as ``values`` — what decoding, splitting at commas and
+    keeping the non-empty fields gives — or None for any other line (a unit
+    that is no code, a quote, CR or LF, the wrong number of fields), which
+    the caller's Python parser then reads and explains. The scanner is the
+    one in use when this is called.
+    """
+    parse = _scanner().parse_row
+    if parse is None:
+        return None
+    return typing.cast(
+        "Callable[[Buffer], T | None]", functools.partial(parse, columns, record_type)
+    )
+
+
 def _decode_runs(
     data: Buffer, errors: str, final: bool, offset: int | None, run: DecodeRun, find: Find
 ) -> tuple[str, int]:
-    """Decode by C runs, splicing in each valid unit C hands back.
+    """Decode in C: every valid unit, multi-unit spellings included.
 
-    C stops at a unit whose canonical spelling is not one BMP character (an
-    IVS sequence, an astral kanji: spliced here) or before a last odd byte
-    (kept for the next chunk unless ``final``). Anything else sends the whole
-    chunk down ``_decode_careful``: errors, offsets and handlers are exactly
-    those of the regex scanner.
+    C stops at a unit that is not a code, or before a last odd byte (kept
+    for the next chunk unless ``final``). Anything else sends the whole chunk
+    down ``_decode_careful``: errors, offsets and handlers are exactly those
+    of the regex scanner.
     """
     text, stop = run(data, 0)
     size = len(data) if type(data) is bytes else memoryview(data).nbytes
-    if stop == size:
-        return text, size
-    table = tables().decode
-    parts = [text]
-    # Released on the way out, so that no view outlives the call (a traceback
-    # holding one would keep a bytearray from being resized).
-    with memoryview(data) as whole, whole.cast("B") as view:  # bytes, whatever the items
-        while stop < size - 1:
-            canonical = table.get(view[stop] << 8 | view[stop + 1])
-            if canonical is None:
-                break
-            text, stop = run(data, stop + 2)
-            parts += (canonical, text)
     if stop == size or stop == size - 1 and not final:  # an odd byte: for the next chunk
-        return "".join(parts), stop
+        return text, stop
     return _decode_careful(data, errors, final, offset, find)
 
 

@@ -11,7 +11,7 @@ places where one compiled character class — "anything that is *not* its own
 code" — matches. The same sets also give 65,536-entry flag tables for the
 optional C scanner (``_scan.c``), which finds those places ten times faster
 than the regex, and 65,536-entry unit tables with which it also converts the
-one-for-one runs between them. ``scanner(name)`` bundles either kind for the
+one-for-one runs between them (and, decoding, the multi-unit spellings). ``scanner(name)`` bundles either kind for the
 codec, which chooses one (see ``codec.py``).
 """
 
@@ -22,7 +22,7 @@ import csv
 import functools
 import io
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
@@ -37,6 +37,9 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 Find: TypeAlias = Callable[[str, int], int]
 EncodeRun: TypeAlias = Callable[[str, int], tuple[bytes, int]]
 DecodeRun: TypeAlias = Callable[[Buffer, int], tuple[str, int]]
+AnyControl: TypeAlias = Callable[[Iterable[str]], bool]
+#: ``parse_row(columns, record_type, line)``: a record, or None (see ``_scan.c``).
+ParseRow: TypeAlias = Callable[[tuple[str, ...], type, Buffer], object | None]
 
 #: Variation selectors: SVS (U+FE00-FE0F) and IVS (U+E0100-E01EF).
 VARIATION_SELECTORS = frozenset(
@@ -73,6 +76,13 @@ class Tables:
     ``2*u``, in native byte order, the code point of J+u's canonical spelling
     when that is one BMP character. 0 is free: U+0000 and J+0000 are not in
     the tables (checked when loading).
+
+    ``decode_sequences`` holds every other assigned code, so that C decodes
+    variation sequences and astral kanji too: 65,536 native ``uint16``, the
+    1-based number of J+u's spelling at ``2*u`` (0: one-for-one or no code),
+    then per number two native ``uint32`` code points (the second 0 for a
+    single character). About 5,200 codes: 172 KiB, where a flat table of two
+    code points per unit would take 512 KiB.
     """
 
     encode: Mapping[str, bytes]
@@ -87,6 +97,7 @@ class Tables:
     decode_flags: bytes
     encode_units: bytes
     decode_units: bytes
+    decode_sequences: bytes
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,23 @@ def _decode_units(decode: Mapping[int, str]) -> bytes:
     return points.tobytes()
 
 
+def _decode_sequences(decode: Mapping[int, str]) -> bytes:
+    numbers = array.array("H", bytes(0x20000))  # native byte order, as C reads it
+    points = array.array("I")
+    if points.itemsize != 4:  # pragma: no cover - every platform CPython runs on
+        raise RuntimeError("array 'I' is not 32 bits here: no table for the C decoder")
+    for code, s in sorted(decode.items()):
+        if len(s) == 1 and ord(s) < 0x10000:
+            continue  # one-for-one: in decode_units
+        if len(s) > 2:
+            raise ValueError(f"J+{code:04X}: a spelling of {len(s)} characters")
+        numbers[code] = len(points) // 2 + 1
+        points.extend([ord(s[0]), ord(s[1]) if len(s) == 2 else 0])
+    if len(points) // 2 > 0xFFFF:
+        raise ValueError("more multi-unit spellings than a 16-bit number can index")
+    return numbers.tobytes() + points.tobytes()
+
+
 def _range(a: int, b: int) -> str:
     return f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}"
 
@@ -197,6 +225,7 @@ def tables() -> Tables:
         decode_flags=_negated_flags(decode_identity),
         encode_units=_encode_units(encode),
         decode_units=_decode_units(decode),
+        decode_sequences=_decode_sequences(decode),
     )
 
 
@@ -214,16 +243,24 @@ class Scanner:
 
     ``encode_run(text, start)`` and ``decode_run(data, start)`` (None for
     the regex scanner, whose callers keep the find-and-splice loops) return
-    ``(output, stop)``: the conversion of the one-for-one run from ``start``
-    to ``stop``, where the caller takes over (the end when it is all done;
-    for decoding, byte offsets). See ``_scan.c``.
+    ``(output, stop)``: the conversion from ``start`` to ``stop``, where the
+    caller takes over (the end when it is all done; for decoding, byte
+    offsets). Encoding stops at anything that is not one-for-one; decoding
+    only at a unit that is not a code. ``parse_row`` (None for the regex
+    scanner) is the notice file's common row in one call. See ``_scan.c``.
+
+    ``has_control(texts)`` says whether any of the strings holds a control
+    character (U+0000-001F, U+007F; TAB, LF and CR too): what the
+    validator refuses in any value.
     """
 
     name: str
     encode_find: Find
     decode_find: Find
+    has_control: AnyControl
     encode_run: EncodeRun | None = None
     decode_run: DecodeRun | None = None
+    parse_row: ParseRow | None = None
 
 
 def _regex_find(pattern: re.Pattern[str]) -> Find:
@@ -236,6 +273,21 @@ def _regex_find(pattern: re.Pattern[str]) -> Find:
     return find
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _regex_has_control(texts: Iterable[str]) -> bool:
+    return _CONTROL.search(" ".join(texts)) is not None
+
+
+def _control_flags() -> bytes:
+    """65,536 bytes, 1 at each control character's code point (for ``any_flagged``)."""
+    flags = bytearray(0x10000)
+    flags[0:0x20] = b"\x01" * 0x20
+    flags[0x7F] = 1
+    return bytes(flags)
+
+
 @functools.cache
 def scanner(name: str) -> Scanner:
     """The scanner called ``name``: "c" (the extension) or "python" (regex).
@@ -245,7 +297,9 @@ def scanner(name: str) -> Scanner:
     """
     t = tables()
     if name == "python":
-        return Scanner(name, _regex_find(t.encode_scan), _regex_find(t.decode_scan))
+        return Scanner(
+            name, _regex_find(t.encode_scan), _regex_find(t.decode_scan), _regex_has_control
+        )
     if name == "c" and _scan is not None:
         # partial, not a closure: no Python frame per call (one per write
         # on a TextIOWrapper).
@@ -253,8 +307,10 @@ def scanner(name: str) -> Scanner:
             name,
             functools.partial(_scan.find_special_str, t.encode_flags),
             functools.partial(_scan.find_special_str, t.decode_flags),
+            functools.partial(_scan.any_flagged, _control_flags()),
             functools.partial(_scan.encode_run, t.encode_units),
-            functools.partial(_scan.decode_run, t.decode_units),
+            functools.partial(_scan.decode_run, t.decode_units, t.decode_sequences),
+            functools.partial(_scan.parse_row, t.decode_units, t.decode_sequences),
         )
     if name == "c":
         raise ValueError("the juki C scanner (common.juki._scan) is not built")

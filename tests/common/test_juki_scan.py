@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import codecs
+import functools
 import importlib
 import io
 import os
@@ -260,6 +261,52 @@ def test_c_scanner_equals_regex(text: str, start: int) -> None:
     assert C_DECODE(text, start) == PY_DECODE(text, start)
 
 
+# --- has_control: the validator's control check over several strings ----------------------
+
+
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        ([], False),
+        (["", "abc", "山田", "𠮷\U000e0100"], False),
+        (["abc", "a\tb"], True),  # TAB, LF and CR are Juki codes, but controls
+        (["\n"], True),
+        (["山\r"], True),
+        (["𠮷\x00"], True),  # in the 4-byte kind
+        (["x", "\x7f"], True),
+        (["\x80\x9f"], False),  # C1 controls are not refused by this check (nor the regex)
+        (["\U0001001f", "\U000e007f"], False),  # astral: never a control
+        (("a", "b\x1f"), True),
+        ({"k": "v"}.values(), False),
+        ({"k": "v", "j": "\x01"}.values(), True),
+    ],
+)
+def test_has_control(texts: object, expected: bool) -> None:
+    assert with_both(juki.has_control, texts) == ("ok", expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(mixed_text(), st.text(max_size=8)), max_size=6))
+def test_has_control_same_with_either_scanner(texts: list[str]) -> None:
+    with_both(juki.has_control, texts)
+    with_both(lambda: juki.has_control(iter(texts)))  # a fresh iterator each time
+
+
+def test_any_flagged_bad_arguments() -> None:
+    flags = codec.scanner("c").has_control.args[0]
+    assert _scan.any_flagged(flags, ["a\x01"]) is True
+    with pytest.raises(ValueError, match="65536"):
+        _scan.any_flagged(flags[:-1], ["a"])
+    with pytest.raises(TypeError, match="2 positional"):
+        _scan.any_flagged(flags)
+    with pytest.raises(TypeError, match="must hold str"):
+        _scan.any_flagged(flags, ["a", b"b"])
+    with pytest.raises(TypeError, match="iterable"):
+        _scan.any_flagged(flags, 5)
+    with pytest.raises(ZeroDivisionError):
+        _scan.any_flagged(flags, (1 / 0 for _ in range(1)))
+
+
 # --- the codec: same answers, same errors, with either scanner ----------------------------
 
 
@@ -477,12 +524,12 @@ def model_encode_run(text: str, start: int) -> tuple[bytes, int]:
 
 
 def model_decode_run(data: bytes, start: int) -> tuple[str, int]:
-    """What ``decode_run`` must return, from ``Tables.decode`` alone."""
+    """What ``decode_run`` must return, from ``Tables.decode`` alone: every valid unit."""
     stop = min(max(start, 0), len(data))
     out = []
     while len(data) - stop >= 2:
         canonical = T.decode.get(int.from_bytes(data[stop : stop + 2], "big"))
-        if canonical is None or len(canonical) != 1 or ord(canonical) > 0xFFFF:
+        if canonical is None:
             break
         out.append(canonical)
         stop += 2
@@ -494,7 +541,7 @@ def encode_run(text: str, start: int = 0) -> tuple[bytes, int]:
 
 
 def decode_run(data: object, start: int = 0) -> tuple[str, int]:
-    return _scan.decode_run(T.decode_units, data, start)
+    return _scan.decode_run(T.decode_units, T.decode_sequences, data, start)
 
 
 def assert_same_str(got: str, expected: str) -> None:
@@ -566,8 +613,12 @@ def test_encode_run_known(text: str, start: int, expected: bytes, stop: int) -> 
         (units(0x61, 0xA2), 0, "a¢", 4),  # Latin-1 result
         (units(0xA2, 0x5C71), 0, "¢山", 4),  # UCS-2 result
         (units(0x61, 0xAD1D, 0x6728), 0, "a々木", 6),
-        (units(0x61, 0xBC2F, 0x62), 0, "a", 2),  # J+BC2F decodes to 辻 + IVS
-        (units(0x61, 0xAEAC), 0, "a", 2),  # J+AEAC decodes to astral 𠮷
+        (units(0x61, 0xBC2F, 0x62), 0, "a辻\U000e0103b", 6),  # J+BC2F decodes to 辻 + IVS
+        (units(0x61, 0xAEAC), 0, "a𠮷", 4),  # J+AEAC decodes to astral 𠮷
+        (units(0xBC2F), 0, "辻\U000e0103", 2),  # a sequence first: straight to UCS-4
+        (units(0x61, 0xA2, 0xAEAC, 0x62), 0, "a¢𠮷b", 8),  # Latin-1 so far, then UCS-4
+        (units(0x5C71, 0xAEAC, 0x3005), 0, "山𠮷", 4),  # UCS-2 so far, then UCS-4; no code
+        (units(0xAEAC, 0x61) + b"\x00", 0, "𠮷a", 4),
         (units(0x61, 0x3005), 0, "a", 2),  # not a code
         (units(0x5C71, 0xD842, 0xDFB7), 0, "山", 2),  # surrogates are no codes
         (units(0xA2, 0xFEFF), 0, "¢", 2),
@@ -612,9 +663,26 @@ def test_decode_run_across_output_growth(
             assert stop == (len(data) if more else len(data) - 4)
 
 
+@pytest.mark.parametrize("size", BLOCK_EDGES)
+@pytest.mark.parametrize("wide", ["", "¢", "山"])
+@pytest.mark.parametrize("code", [0xBC2F, 0xAEAC])  # 辻 + IVS, astral 𠮷
+def test_decode_run_sequence_after_output_growth(size: int, wide: str, code: int) -> None:
+    # A multi-unit spelling after 1-byte, Latin-1 or UCS-2 output of every
+    # size around the growth points: the output is copied to UCS-4 at its
+    # exact final size, then a unit that is no code (J+3005) stops the run.
+    spelling = T.decode[code]
+    for where in (0, size - 1, size, size + 1):
+        text = "a" * where + wide + "b" * (size - where)
+        data = text.encode("utf-16-be") + units(code, 0x5C71, 0xAD1D, code, 0x3005, 0x61)
+        for start in (0, 2):
+            got, stop = decode_run(data, start)
+            assert_same_str(got, text[start // 2 :] + spelling + "山々" + spelling)
+            assert stop == len(data) - 4
+
+
 def test_decode_run_any_buffer() -> None:
-    data = units(0x61, 0xAD1D, 0x6728, 0xBC2F)
-    expected = ("a々木", 6)
+    data = units(0x61, 0xAD1D, 0x6728, 0xBC2F, 0x3005)
+    expected = ("a々木辻\U000e0103", 8)
     assert decode_run(bytearray(data)) == expected
     assert decode_run(memoryview(data)) == expected
     items = array.array("H")
@@ -628,21 +696,86 @@ def test_decode_run_any_buffer() -> None:
 
 
 def test_runs_bad_arguments() -> None:
-    for run, good_text in [(_scan.encode_run, "a"), (_scan.decode_run, b"\0a")]:
+    decode = functools.partial(_scan.decode_run, T.decode_units, T.decode_sequences)
+    for run, good_text in [(_scan.encode_run, "a"), (decode, b"\0a")]:
         table = T.encode_units if run is _scan.encode_run else T.decode_units
-        assert run(table, good_text, 0)[1] > 0
+        short = functools.partial(_scan.decode_run, table[:-1], T.decode_sequences)
+        flags = functools.partial(_scan.decode_run, T.encode_flags, T.decode_sequences)
+        if run is _scan.encode_run:
+            run = functools.partial(_scan.encode_run, table)
+            short = functools.partial(_scan.encode_run, table[:-1])
+            flags = functools.partial(_scan.encode_run, T.encode_flags)
+        assert run(good_text, 0)[1] > 0
         with pytest.raises(ValueError, match="131072"):
-            run(table[:-1], good_text, 0)
+            short(good_text, 0)
         with pytest.raises(ValueError, match="131072"):
-            run(T.encode_flags, good_text, 0)
-        with pytest.raises(TypeError, match="3 positional"):
-            run(table, good_text)
+            flags(good_text, 0)
+        with pytest.raises(TypeError, match="positional"):
+            run(good_text)
         with pytest.raises(TypeError):
-            run(table, good_text, 1.0)
+            run(good_text, 1.0)
         with pytest.raises(OverflowError):
-            run(table, good_text, 2**63)
+            run(good_text, 2**63)
     with pytest.raises(TypeError, match="must be str"):
         _scan.encode_run(T.encode_units, b"a", 0)
+    with pytest.raises(TypeError, match="4 positional"):
+        _scan.decode_run(T.decode_units, b"\0a", 0)
+    for bad in [T.decode_units[:-1], T.decode_sequences[:-4], bytearray(T.decode_sequences)]:
+        with pytest.raises(ValueError, match="sequences must be bytes"):
+            _scan.decode_run(T.decode_units, bad, b"\0a", 0)
+
+
+def test_sequence_table_holds_exactly_the_multi_unit_spellings() -> None:
+    numbers = array.array("H")
+    numbers.frombytes(T.decode_sequences[: 2 * 0x10000])
+    points = array.array("I")
+    points.frombytes(T.decode_sequences[2 * 0x10000 :])
+    spelled = {}
+    for code in range(0x10000):
+        if numbers[code]:
+            first, second = points[2 * numbers[code] - 2 : 2 * numbers[code]]
+            spelled[code] = chr(first) + (chr(second) if second else "")
+    expected = {code: s for code, s in T.decode.items() if not (len(s) == 1 and ord(s) < 0x10000)}
+    assert spelled == expected
+    assert len(expected) > 5000  # IVS spellings and astral kanji of the MJ table
+
+
+def sequence_table(*spellings: tuple[int, list[int]]) -> bytes:
+    """A hand-made sequence table: (unit, code points) pairs."""
+    numbers = array.array("H", bytes(0x20000))
+    points = array.array("I")
+    for unit, cps in spellings:
+        numbers[unit] = len(points) // 2 + 1
+        points.extend((cps + [0])[:2])
+    return numbers.tobytes() + points.tobytes()
+
+
+def test_decode_run_never_trusts_a_bad_sequence_table() -> None:
+    # Entries out of range stop the run as "no code" instead of reading past
+    # the table or writing a code point above U+10FFFF into a str.
+    numbers = array.array("H", bytes(0x20000))
+    numbers[0x100] = 2  # only one pair follows
+    table = numbers.tobytes() + array.array("I", [0x20000, 0]).tobytes()
+    too_big = sequence_table((0x100, [0x110000]), (0x101, [0x41, 0x110000]), (0x102, [0, 0x41]))
+    for bad in (table, too_big):
+        for unit in (0x100, 0x101, 0x102):
+            got = _scan.decode_run(T.decode_units, bad, units(0x61, unit, 0x62), 0)
+            assert got == ("a", 2)
+
+
+def test_decode_run_sequences_of_bmp_characters_come_out_narrow() -> None:
+    # No such spelling in the MJ table today; the str must still be in its
+    # narrowest kind when a sequence holds no character above U+FFFF.
+    seqs = sequence_table((0x100, [0x41, 0x42]), (0x101, [0x5C71, 0xFE00]), (0x102, [0x20000]))
+    for data, expected in [
+        (units(0x61, 0x100), "aAB"),
+        (units(0x100, 0x5C71), "AB山"),
+        (units(0x61, 0x101), "a山\ufe00"),
+        (units(0x102, 0x100), "\U00020000AB"),
+    ]:
+        got, stop = _scan.decode_run(T.decode_units, seqs, data, 0)
+        assert_same_str(got, expected)
+        assert stop == len(data)
 
 
 @settings(max_examples=300, deadline=None)

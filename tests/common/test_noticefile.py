@@ -146,7 +146,7 @@ def test_reading_a_large_file_uses_flat_memory():
         (juki.encode("renkei-ministry-notice-v2,pattern\r\n"), "file.version"),
         (juki.encode("record_id,pattern\r\n"), "file.header"),
         (juki.encode(",".join(header(MINISTRY)[:-1]) + "\r\n"), "file.header"),
-        (juki.encode(",".join(header(MINISTRY)) + "\n"), "file.truncated"),
+        (juki.encode(",".join(header(MINISTRY)) + "\n"), "file.line_end"),
     ],
     ids=["empty", "bom", "utf8", "version", "not-notice", "missing-column", "lf-header"],
 )
@@ -212,8 +212,33 @@ def test_bad_rows_are_reported_and_reading_goes_on():
         (7, "row.duplicate_id"),
     ]
     assert "J+AC00" in errors[1].message
+    assert (errors[1].record_id, errors[1].column) == ("M-8", "change_fact")
     assert rows[4] == RECORDS[0]
     assert all(e.message_ja for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "record_id", "column", "position"),
+    [
+        ("M-1,A,3,,", "", "M-1", "report_date", 1),
+        ("M-1,A,3,1,20261127,", "", "M-1", "processing_date", 1),
+        ("M", "-1,A", None, "record_id", 2),
+        ('"M,1",A,"x,""', '"', "M,1", "change_fact", 4),  # quoted: the value's characters
+        ("M-1,A" + "," * len(columns_for(MINISTRY)) + ",", "", "M-1", None, 1),  # one too many
+    ],
+)
+def test_a_bad_unit_is_named_by_record_item_and_character(
+    before, after, record_id, column, position
+):
+    line = juki.encode(before) + b"\xac\x00" + juki.encode(after)  # J+AC00: Hangul, no code
+    data = juki.encode(",".join(header(MINISTRY)) + "\r\n") + line + juki.encode("\r\n")
+    _, rows = read_all(data)
+    (error,) = rows
+    assert error.code == "row.encoding"
+    assert (error.record_id, error.column) == (record_id, column)
+    assert f"character {position}: J+AC00" in error.message
+    assert f"{position} 文字目（J+AC00）" in error.message_ja
+    assert (column or "58 番目の項目") in error.message_ja
 
 
 def test_writer_refuses_line_breaks_and_unencodable_characters_naming_them():

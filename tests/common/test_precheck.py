@@ -50,6 +50,19 @@ VALUES = [
     "김",
     "a\x07b",
     "KIM MINJUN",
+    # controls: TAB, CR and LF are Juki codes, the others are not; with a selector after
+    "a\tb",
+    "a\rb",
+    "a\nb",
+    "\x00",
+    "\x7f",
+    "a\x1f\ufe00",
+    "\x01\U000e0100",
+    # not Juki, but no control: passes when the encoding is not checked
+    "café",
+    "\ud800",
+    "辻\U000e0103",
+    "𠮷",
 ]
 
 
@@ -73,7 +86,8 @@ def test_precheck_never_accepts_what_the_validator_rejects(index, edits):
     columns = ("change_fact", "change_reason", *columns_for(record.direction))
     changes = {columns[i % len(columns)]: value for i, value in edits}
     mutated = record.with_values(**changes)
-    problems = explain(mutated)
-    if precheck(mutated):
-        assert problems == [], (changes, problems)
-    assert validate(mutated) == problems
+    for check_encoding in (True, False):
+        problems = explain(mutated, check_encoding=check_encoding)
+        if precheck(mutated, check_encoding=check_encoding):
+            assert problems == [], (changes, check_encoding, problems)
+        assert validate(mutated, check_encoding=check_encoding) == problems

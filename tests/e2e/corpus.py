@@ -115,10 +115,9 @@ def bad_files(lasdec: str, tag: str) -> Iterator[Case]:
     yield Case(
         "bytes", "odd length (cut in a code unit)", f"{tag}-odd.csv", good[:-1], "file.odd_length"
     )
-    # docs/format.md: LF-only line ends are file.line_end; a small file gets file.truncated
-    # (no CR LF anywhere) — see test_bad_input.py's xfail for the reason staff are shown.
+    # docs/format.md: LF-only line ends are file.line_end, whatever the file's size.
     yield Case(
-        "bytes", "LF line ends", f"{tag}-lf.csv", _juki(text.replace(CRLF, "\n")), "file.truncated"
+        "bytes", "LF line ends", f"{tag}-lf.csv", _juki(text.replace(CRLF, "\n")), "file.line_end"
     )
     yield Case(
         "bytes", "CR line ends", f"{tag}-cr.csv", _juki(text.replace(CRLF, "\r")), "file.truncated"

@@ -13,9 +13,6 @@ three good files, on a day the ministry has a batch for them.  One timer run:
   delayed: the batch was placed and the three good files were sent in the
   same run;
 * the invariants hold.
-
-One deviation from docs/format.md is recorded as ``xfail(strict=True)``: a
-small file with LF-only line ends is reported as cut short.
 """
 
 from __future__ import annotations
@@ -139,15 +136,6 @@ def test_a_corpus_of_bad_files(world: World, request):  # type: ignore[no-untype
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "common/noticefile.py recognises LF-only line ends only in a line longer than the "
-        "line limit; a normal-sized file with LF line ends is refused as file.truncated "
-        "('the file was cut short'), so staff are told the wrong reason "
-        "(docs/format.md: LF-only line ends are file.line_end)"
-    ),
-)
 def test_lf_line_ends_are_named_as_such():
     records = municipality_records("221384", 3, "lf")
     text = encode_notice_file(MUNICIPALITY, records).decode("juki").replace("\r\n", "\n")
