@@ -44,6 +44,7 @@ __all__ = [
     "AGENT_TOML",
     "CHRONY_CONF",
     "NETWORK_DROPIN",
+    "UPDATE_NETWORK_DROPIN",
     "NETWORK_FILE",
     "NFTABLES_CONF",
     "PROVISION_TOML",
@@ -71,6 +72,7 @@ NFTABLES_CONF = "/etc/nftables.conf"
 AGENT_TOML = "/etc/renkei/agent.toml"
 PROVISION_TOML = "/etc/renkei/provision.toml"
 NETWORK_DROPIN = "/etc/systemd/system/renkei-agent.service.d/network.conf"
+UPDATE_NETWORK_DROPIN = "/etc/systemd/system/renkei-update.service.d/network.conf"
 SCHEDULE_DROPIN = "/etc/systemd/system/renkei-agent.timer.d/schedule.conf"
 #: The nftables table provisioning owns.
 TABLE = "renkei"
@@ -205,11 +207,15 @@ def render_nftables(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_network_dropin(settings: Settings) -> str:
-    """The agent unit's ``IPAddressAllow=`` drop-in (docs/terminal-units.md)."""
+def render_network_dropin(settings: Settings, *, mail: bool = True) -> str:
+    """A unit's ``IPAddressAllow=`` drop-in (docs/terminal-units.md).
+
+    The agent's: DNS, NTP, the SMTP relay and the server.  The updater's
+    (``mail=False``): the same without the relay, which it never uses.
+    """
     allowed = [str(s.address) for s in settings.dns_servers]
     allowed += [str(s.address) for s in settings.ntp_servers]
-    if settings.smtp_host is not None:
+    if mail and settings.smtp_host is not None:
         allowed.append(str(settings.smtp_host))
     server = settings.server_address
     allowed.append(str(server.network_address) if server.prefixlen == 32 else str(server))
@@ -312,6 +318,7 @@ def render_all(settings: Settings, enrollment: Enrollment | None = None) -> dict
         RESOLV_CONF: FileContent(render_resolv(settings)),
         NFTABLES_CONF: FileContent(render_nftables(settings), mode=0o755),
         NETWORK_DROPIN: FileContent(render_network_dropin(settings)),
+        UPDATE_NETWORK_DROPIN: FileContent(render_network_dropin(settings, mail=False)),
         SCHEDULE_DROPIN: FileContent(render_schedule(settings)),
     }
     for path, (text, mode) in landrop.render_files(settings.lan_drop).items():

@@ -38,6 +38,9 @@ def test_configure_renders_every_file(tmp_path, runner):
     assert "ip daddr 10.77.0.1/32 tcp dport 8443 accept" in ruleset
     dropin = under(tmp_path, render.NETWORK_DROPIN).read_text()
     assert dropin.splitlines()[-1] == "IPAddressAllow=10.77.0.1"
+    # The updater may reach the same addresses (it has no use for the mail relay).
+    update_dropin = under(tmp_path, render.UPDATE_NETWORK_DROPIN).read_text()
+    assert update_dropin.splitlines()[-1] == "IPAddressAllow=10.77.0.1"
     saved = tomllib.loads(under(tmp_path, render.PROVISION_TOML).read_text())
     assert saved["lasdec"] == "131016" and saved["dns_servers"] == ["10.77.0.1"]
     # Not enrolled yet: no agent configuration (it would make every timer run fail).
@@ -215,3 +218,14 @@ def test_every_command_has_help_with_an_example(runner):
     for name in main.commands:
         result = invoke(runner, name, "--help")
         assert result.exit_code == 0 and "Example" in result.output, name
+
+
+def test_the_updater_may_reach_the_lgwan_but_not_the_mail_relay() -> None:
+    from provisioning.settings import parse_settings
+
+    settings = parse_settings(base_settings(smtp_host="10.77.0.25", ntp_servers=["10.77.0.123"]))
+    agent = render.render_network_dropin(settings).splitlines()[-1]
+    updater = render.render_network_dropin(settings, mail=False).splitlines()[-1]
+    assert agent == "IPAddressAllow=10.77.0.1 10.77.0.123 10.77.0.25"
+    assert updater == "IPAddressAllow=10.77.0.1 10.77.0.123"
+    assert render.render_all(settings)[render.UPDATE_NETWORK_DROPIN].text.endswith(updater + "\n")
