@@ -11,7 +11,8 @@ in order:
    not lock the terminal itself out);
 2. the signature: present, well formed, by the terminal's key, covering
    method, authority, path, query and the body's Content-Digest, with a
-   ``created`` time within ± ``clock_window`` of the server clock → else 401;
+   ``created`` time within ± ``clock_window`` of the server clock → else 401
+   (:func:`verify_profile`: exactly the form terminals sign, checked directly);
 3. the terminal is not revoked → else 401 ``auth.revoked`` (said only to a
    caller that proved it holds the key);
 4. the nonce was never accepted before for this terminal → else 401
@@ -32,23 +33,30 @@ data.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import g, request
 
-from common.httpsig import COVERED, LABEL, SignatureError, verify_request
+from common.httpsig import (
+    ALG,
+    COVERED,
+    LABEL,
+    SignatureError,
+    VerifiedRequest,
+    verify_request,
+)
 from common.statement import StatementError, public_key_from_text
 from server.api import ApiError
 from server.app import services
-from server.enrollment import (
-    Terminal,
-    find_terminal,
-    note_auth_failure,
-    note_contact,
-    recent_auth_failures,
-    remember_nonce,
-)
+from server.enrollment import Terminal, find_caller, note_auth_failure, record_request
 
 __all__ = [
     "ACCEPT_SIGNATURE",
@@ -57,6 +65,7 @@ __all__ = [
     "contact_changed",
     "request_url",
     "signature_error",
+    "verify_profile",
 ]
 
 AGENT_HEADER = "Renkei-Agent-Version"
@@ -70,6 +79,132 @@ CONTACT_INTERVAL = timedelta(seconds=60)
 SKEW_RESOLUTION = 1.0
 #: Where the access log finds the verified terminal id (``%({renkei.terminal}e)s``).
 ENVIRON_TERMINAL = "renkei.terminal"
+
+
+# The exact form of common.httpsig.sign_request's output (see verify_profile).  Every
+# pattern admits only canonical Structured Field text, so the text received is the text
+# signed: the "@signature-params" line of the signature base is the Signature-Input
+# member as it came.
+_INPUT = re.compile(
+    re.escape(f"{LABEL}=")
+    + "("
+    + re.escape("(" + " ".join(f'"{name}"' for name in COVERED) + ")")
+    + r";created=(0|[1-9][0-9]{0,14})"
+    + r';keyid="([\x20\x21\x23-\x5b\x5d-\x7e]{1,256})"'  # printable, no quote or backslash
+    + re.escape(f';alg="{ALG}"')
+    + r';nonce="([A-Za-z0-9_-]{16,128})")'
+)
+_SIGNATURE = re.compile(re.escape(f"{LABEL}=:") + r"([A-Za-z0-9+/]{86}==):")  # 64 bytes
+_DIGEST = re.compile(r"sha-256=:[A-Za-z0-9+/]{43}=:")
+_METHOD = re.compile(r"[A-Z]{1,20}")
+# RFC 3986 as the library parses a URL, minus user info, fragment and hosts of other than
+# unreserved characters (a terminal's server address is a DNS name or an IP address).
+_PCHAR = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
+_URL = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[A-Za-z0-9._~-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+    rf"(?P<path>/(?:{_PCHAR}|/)*)(?:\?(?P<query>(?:{_PCHAR}|[/?])*))?"
+)
+_DEFAULT_PORT = {"http": "80", "https": "443"}
+_PROFILE_FIELDS = ("signature-input", "signature", "content-digest")
+
+
+def _profile_form(
+    method: str, url: str, headers: Mapping[str, str]
+) -> tuple[str, int, str, bytes, bytes, str] | None:
+    """(key id, created, nonce, signature, signature base, Content-Digest) when the request
+    is exactly in the signer's form, else None.  Pure text work: no key, no clock."""
+    fields: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _PROFILE_FIELDS:
+            if lower in fields:
+                return None  # repeated field lines are combined by the library's rules
+            fields[lower] = value.strip(" \t")
+    if len(fields) != len(_PROFILE_FIELDS) or not _METHOD.fullmatch(method):
+        return None
+    signed = _INPUT.fullmatch(fields["signature-input"])
+    value = _SIGNATURE.fullmatch(fields["signature"])
+    digest = fields["content-digest"]
+    parts = _URL.fullmatch(url)
+    if signed is None or value is None or parts is None or not _DIGEST.fullmatch(digest):
+        return None
+    if parts["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(parts["ipv6"])
+        except ValueError:
+            return None
+    authority, port = parts["host"].lower(), parts["port"]
+    if port and port.lstrip("0") != _DEFAULT_PORT[parts["scheme"]]:
+        authority = f"{authority}:{port}"
+    params, created, key_id, nonce = signed.groups()
+    values = (method, authority, parts["path"], "?" + (parts["query"] or ""), digest)
+    base = "\n".join(f'"{name}": {item}' for name, item in zip(COVERED, values, strict=True))
+    base += f'\n"@signature-params": {params}'
+    signature = base64.b64decode(value[1], validate=True)
+    return key_id, int(created), nonce, signature, base.encode("ascii"), digest
+
+
+def verify_profile(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    resolve_key: Callable[[str], Ed25519PublicKey | None],
+    now: int,
+    window: int,
+) -> VerifiedRequest:
+    """:func:`common.httpsig.verify_request` for the form terminals send, at a third of the cost.
+
+    Measured here, the general verifier (``http_message_signatures``:
+    structured field parsing, component resolution, its own checks) took
+    0.55 ms of CPU a request, of which the Ed25519 check itself was 0.2 ms;
+    this takes 0.2 ms all told.  A terminal signs with
+    :func:`common.httpsig.sign_request`, whose output has one fixed form:
+    label, components in order, parameters ``created;keyid;alg;nonce`` in
+    that order, ``Content-Digest`` in SHA-256 only, URL without user info or
+    fragment.  A request in exactly that form is checked here directly: the
+    signature base is built from the request, the Ed25519 signature checked
+    with ``cryptography``, then the body digest, then the window — the
+    library's order, with its codes.  Anything else goes to the general
+    verifier, which says what is wrong (same codes as ever); what it would
+    accept in another form is refused here (``sig.malformed``): the server
+    takes only what terminals send.  tests/server/test_auth_profile.py checks
+    both against each other on signatures made by the library.
+    """
+    form = _profile_form(method, url, headers)
+    if form is None:
+        verify_request(method, url, headers, body, resolve_key=resolve_key, now=now, window=window)
+        raise SignatureError(
+            "the signature verifies but is not in the form terminals sign "
+            f"({ACCEPT_SIGNATURE}; Content-Digest sha-256; no user info or fragment in the URL)",
+            code="sig.malformed",
+        )
+    key_id, created, nonce, signature, base, digest = form
+    public_key = resolve_key(key_id)
+    if public_key is None:
+        raise SignatureError(f"no terminal key has id {key_id!r}", code="sig.unknown_key")
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise SignatureError("the key for this id is not an Ed25519 key", code="sig.alg")
+    try:
+        public_key.verify(signature, base)
+    except InvalidSignature:
+        raise SignatureError(
+            "signature does not verify: the request is not the one the key signed",
+            code="sig.invalid",
+        ) from None
+    expected = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii") + ":"
+    if digest != expected:  # the one form _DIGEST admits, i.e. common.httpsig.content_digest's
+        raise SignatureError(
+            "Content-Digest: the body's SHA-256 differs from the signed digest", code="sig.digest"
+        )
+    if not now - window <= created <= now + window:
+        raise SignatureError(
+            f"created {created} is {created - now:+d} s from the server clock (window ±{window} s)",
+            code="sig.stale",
+        )
+    return VerifiedRequest(key_id=key_id, created=created, nonce=nonce, covered=COVERED)
 
 
 class _TooManyFailures(Exception):
@@ -124,12 +259,11 @@ def authenticate() -> None:
 
     def resolve(key_id: str):
         seen["key_id"] = key_id
-        failures = recent_auth_failures(
+        terminal, failures = find_caller(
             ctx.storage, key_id, source=source, now=now, period=config.failed_auth_period
         )
         if failures >= config.failed_auth_limit:
             raise _TooManyFailures
-        terminal = find_terminal(ctx.storage, key_id)
         if terminal is None:
             return None
         seen["terminal"] = terminal
@@ -145,7 +279,7 @@ def authenticate() -> None:
 
     body = request.get_data(cache=True)  # 413 here when over the limit
     try:
-        verified = verify_request(
+        verified = verify_profile(
             request.method,
             request_url(),
             request.headers,
@@ -176,20 +310,25 @@ def authenticate() -> None:
                 "this terminal has been revoked; ask the ministry operator to enroll it again",
             )
         )
-    keep = 2 * config.clock_window + 60
-    if not remember_nonce(ctx.storage, terminal.terminal_id, verified.nonce, now=now, keep=keep):
+    agent_version = request.headers.get(AGENT_HEADER) or None
+    skew = round(now.timestamp() - verified.created, 3)
+    fresh = record_request(
+        ctx.storage,
+        terminal.terminal_id,
+        verified.nonce,
+        now=now,
+        keep=2 * config.clock_window + 60,
+        contact=contact_changed(terminal, now=now, agent_version=agent_version, clock_skew=skew),
+        agent_version=agent_version,
+        clock_skew=skew,
+    )
+    if not fresh:
         raise refuse(
             ApiError(
                 401,
                 "auth.replay",
                 "this request (its nonce) was already received; sign every request anew",
             )
-        )
-    agent_version = request.headers.get(AGENT_HEADER) or None
-    skew = round(now.timestamp() - verified.created, 3)
-    if contact_changed(terminal, now=now, agent_version=agent_version, clock_skew=skew):
-        note_contact(
-            ctx.storage, terminal.terminal_id, now=now, agent_version=agent_version, clock_skew=skew
         )
     g.terminal = terminal
     request.environ[ENVIRON_TERMINAL] = terminal.terminal_id

@@ -7,9 +7,11 @@ terminal of that municipality.  Tokens are stored only as SHA-256 hashes, so
 a copy of the database cannot enroll anything; a token is used up by a single
 conditional UPDATE whose row count says whether this request won.
 
-The HTTP layer records each verified request (:func:`note_contact`), each
-nonce (:func:`remember_nonce`, replay protection by a primary key) and each
-failed signature (:func:`note_auth_failure`, for rate limiting).
+The HTTP layer reads the calling terminal and its recent failures in one go
+(:func:`find_caller`), records each verified request's nonce (replay
+protection by a primary key) with its contact in one transaction
+(:func:`record_request`), and each failed signature
+(:func:`note_auth_failure`, for rate limiting).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .storage import Storage, auth_failures, enrollment_tokens, iso_utc, nonces,
 __all__ = [
     "Terminal",
     "enroll",
+    "find_caller",
     "find_terminal",
     "find_terminal_by_key_id",
     "issue_token",
@@ -39,6 +42,7 @@ __all__ = [
     "note_auth_failure",
     "note_contact",
     "recent_auth_failures",
+    "record_request",
     "remember_nonce",
     "revoke_terminal",
 ]
@@ -50,6 +54,26 @@ _TOKEN_CHARS = 20  # 100 bits
 AUTH_FAILURE_KEEP = timedelta(days=1)
 #: Longer nonces are stored as their SHA-256 (the column is 128 characters).
 MAX_NONCE = 128
+
+
+# The statements every signed request runs, built once: building a SQLAlchemy statement
+# (and its cache key) costs more than SQLite takes to run it.
+_RECENT_FAILURES = (
+    sa.select(sa.func.count())
+    .select_from(auth_failures)
+    .where(
+        auth_failures.c.key_id == sa.bindparam("key_id"),
+        auth_failures.c.source == sa.bindparam("source"),
+        auth_failures.c.failed_at >= sa.bindparam("since"),
+    )
+)
+_CALLER = sa.select(_RECENT_FAILURES.scalar_subquery().label("recent_failures"), terminals).where(
+    terminals.c.terminal_id == sa.bindparam("terminal_id")
+)
+_FORGET_NONCES = nonces.delete().where(
+    nonces.c.terminal_id == sa.bindparam("terminal_id"), nonces.c.seen_at < sa.bindparam("before")
+)
+_REMEMBER_NONCE = nonces.insert()
 
 
 @dataclass(frozen=True)
@@ -207,6 +231,27 @@ def find_terminal(storage: Storage, terminal_id: str) -> Terminal | None:
     return _terminal(row) if row is not None else None
 
 
+def find_caller(
+    storage: Storage, terminal_id: str, *, source: str, now: datetime, period: int
+) -> tuple[Terminal | None, int]:
+    """The terminal a signed request names, and its recent failures from ``source``, in one read.
+
+    Both are needed for every signed request before any cryptography (the
+    lockout is checked first); one statement in one read transaction instead
+    of two transactions halves the database work of the check.  The count is
+    :func:`recent_auth_failures`'s; it is read on its own only for an id that
+    names no terminal.
+    """
+    params = _failure_params(terminal_id, source=source, now=now, period=period)
+    with storage.read() as conn:
+        row = conn.execute(_CALLER, {"terminal_id": terminal_id, **params}).first()
+        if row is None:
+            return None, conn.execute(_RECENT_FAILURES, params).scalar_one()
+    fields = row._asdict()
+    count = fields.pop("recent_failures")
+    return Terminal(**fields), count
+
+
 def find_terminal_by_key_id(storage: Storage, key_id: str) -> Terminal | None:
     """The terminal whose public key has this key id (revoked ones too: the caller decides)."""
     with storage.read() as conn:
@@ -244,15 +289,23 @@ def note_contact(
     clock_skew: float | None,
 ) -> None:
     """Record a verified request: last contact, and the agent version and clock skew it reported."""
+    with storage.begin() as conn:
+        _note_contact(conn, terminal_id, now, agent_version, clock_skew)
+
+
+def _note_contact(
+    conn: sa.Connection,
+    terminal_id: str,
+    now: datetime,
+    agent_version: str | None,
+    clock_skew: float | None,
+) -> None:
     values: dict = {"last_seen_at": now}
     if agent_version is not None:
         values["agent_version"] = agent_version[:64]
     if clock_skew is not None:
         values["clock_skew"] = float(clock_skew)
-    with storage.begin() as conn:
-        conn.execute(
-            terminals.update().where(terminals.c.terminal_id == terminal_id).values(values)
-        )
+    conn.execute(terminals.update().where(terminals.c.terminal_id == terminal_id).values(values))
 
 
 def remember_nonce(
@@ -262,18 +315,87 @@ def remember_nonce(
 
     Nonces older than ``keep`` seconds are forgotten: ``keep`` must be at
     least twice the clock window, so a forgotten nonce is also a stale request.
+    The request path uses :func:`record_request`, which forgets them less often;
+    both commit without waiting for the disk (see there why that is safe).
     """
+    return _record(storage, terminal_id, nonce, now=now, keep=keep, forget=True, contact=None)
+
+
+def record_request(
+    storage: Storage,
+    terminal_id: str,
+    nonce: str,
+    *,
+    now: datetime,
+    keep: int,
+    contact: bool = False,
+    agent_version: str | None = None,
+    clock_skew: float | None = None,
+) -> bool:
+    """Record a verified request: its nonce and, when ``contact``, its contact; False for a replay.
+
+    A replay writes nothing (the contact goes with the nonce).  The terminal's
+    nonces older than ``keep`` seconds are forgotten with the contact, not on
+    every request: that delete reads every nonce the terminal still has (the
+    key is (terminal, nonce)), which made it the largest part of the
+    transaction, and the contact is written at least once a minute while the
+    terminal is active (``server.auth.contact_changed``).  Keeping an expired
+    nonce a little longer refuses nothing a fresh request could carry (a
+    replay of it is stale anyway).
+
+    One short transaction that does not wait for the disk
+    (``Storage.begin(durable=False)``): every signed request makes one, and
+    with a forced write per commit the requests of all workers queued behind
+    each other's fsync.  Why losing the last few at a power cut is safe:
+
+    * uniqueness does not depend on it: the nonce is a primary key checked by
+      the database at insert, on every app server sharing it; only whether a
+      committed row survives a crash of the database host is relaxed;
+    * the loss is only the tail: the database writes its log in order, so the
+      next durable commit (an upload, an acknowledgement, an enrollment) makes
+      every earlier nonce durable with it;
+    * a lost nonce lets that one request be accepted once more only while its
+      signed ``created`` is inside the clock window (± 300 s by default), only by someone
+      holding the request in clear (it travelled inside TLS), and only as the
+      terminal that signed it — and every signed request is harmless to repeat:
+      listing and downloads read, acknowledging the same hash again keeps the
+      first acknowledgement, the same upload gives the same receipt;
+    * a lost contact (last seen, agent version, clock skew) is written again by
+      the terminal's next request.
+    """
+    return _record(
+        storage,
+        terminal_id,
+        nonce,
+        now=now,
+        keep=keep,
+        forget=contact,
+        contact=(agent_version, clock_skew) if contact else None,
+    )
+
+
+def _record(
+    storage: Storage,
+    terminal_id: str,
+    nonce: str,
+    *,
+    now: datetime,
+    keep: int,
+    forget: bool,
+    contact: tuple[str | None, float | None] | None,
+) -> bool:
     if len(nonce) > MAX_NONCE:  # keep the key short on every database; equal nonces stay equal
         nonce = "sha256:" + hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
     try:
-        with storage.begin() as conn:
+        with storage.begin(durable=False) as conn:
+            if forget:
+                before = now - timedelta(seconds=keep)
+                conn.execute(_FORGET_NONCES, {"terminal_id": terminal_id, "before": before})
             conn.execute(
-                nonces.delete().where(
-                    nonces.c.terminal_id == terminal_id,
-                    nonces.c.seen_at < now - timedelta(seconds=keep),
-                )
+                _REMEMBER_NONCE, {"terminal_id": terminal_id, "nonce": nonce, "seen_at": now}
             )
-            conn.execute(nonces.insert().values(terminal_id=terminal_id, nonce=nonce, seen_at=now))
+            if contact is not None:
+                _note_contact(conn, terminal_id, now, *contact)
     except IntegrityError:
         return False
     return True
@@ -298,16 +420,17 @@ def recent_auth_failures(
     Counted per address, not per key id alone: anyone can send garbage under a
     terminal's (public) key id, and that must not lock the terminal itself out.
     """
+    params = _failure_params(key_id, source=source, now=now, period=period)
     with storage.read() as conn:
-        return conn.execute(
-            sa.select(sa.func.count())
-            .select_from(auth_failures)
-            .where(
-                auth_failures.c.key_id == key_id[:128],
-                auth_failures.c.source == source[:64],
-                auth_failures.c.failed_at >= now - timedelta(seconds=period),
-            )
-        ).scalar_one()
+        return conn.execute(_RECENT_FAILURES, params).scalar_one()
+
+
+def _failure_params(key_id: str, *, source: str, now: datetime, period: int) -> dict:
+    return {
+        "key_id": key_id[:128],
+        "source": source[:64],
+        "since": now - timedelta(seconds=period),
+    }
 
 
 def list_tokens(storage: Storage, lasdec: str | None = None) -> list[dict]:

@@ -435,9 +435,44 @@ class Storage:
                 return 0
             return conn.execute(sa.select(sa.func.max(schema_migrations.c.version))).scalar() or 0
 
-    def begin(self) -> contextlib.AbstractContextManager[Connection]:
-        """One read-write transaction: committed on a clean exit, rolled back on an exception."""
-        return self.engine.begin()
+    def begin(self, *, durable: bool = True) -> contextlib.AbstractContextManager[Connection]:
+        """One read-write transaction: committed on a clean exit, rolled back on an exception.
+
+        ``durable=False``: the commit does not wait for the disk (SQLite in WAL mode:
+        ``synchronous=NORMAL`` for this transaction only; PostgreSQL: ``SET LOCAL
+        synchronous_commit TO OFF``).  Atomicity, isolation and every constraint hold as
+        before, and both databases write their log in order, so the next durable commit
+        makes it durable too; a power cut or OS crash (not a process crash) can lose the
+        last such transactions.  Only for records whose loss is harmless: the caller says
+        why (``server.enrollment.record_request``).
+        """
+        if durable:
+            return self.engine.begin()
+
+        @contextlib.contextmanager
+        def relaxed() -> Iterator[Connection]:
+            with self.engine.connect() as conn:
+                if conn.dialect.name != "sqlite":
+                    with conn.begin():
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        yield conn
+                    return
+                # SQLite refuses to change the level inside a transaction: set it before
+                # BEGIN, put it back after COMMIT or ROLLBACK, on this connection only.
+                raw = conn.connection.driver_connection
+                (level,) = raw.execute("PRAGMA synchronous").fetchone()
+                raw.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    try:
+                        raw.execute(f"PRAGMA synchronous={int(level)}")
+                    except BaseException:
+                        conn.invalidate()  # never pool a connection left at NORMAL
+                        raise
+
+        return relaxed()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
