@@ -55,8 +55,11 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q
 
+# The whole suite on SQLite (the embedded default), then the server and end-to-end suites
+# again on PostgreSQL: each test worker starts a throw-away cluster (tests/pgcluster.py).
 test: venv lint
 	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q -n 2 --database=postgresql tests/server tests/e2e
 
 bench: venv
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_BENCH_PACKAGES)"

@@ -9,6 +9,7 @@ Examples::
 
     python -m bench                                  # everything, full sizes (make bench)
     python -m bench --only fleet --quick             # iterate on one benchmark, small
+    python -m bench --only ha --quick                # 1 vs 2 app servers on PostgreSQL
     python -m bench --only transition --records 200000
     python -m bench --only fleet,scaling --profile   # py-spy profiles into bench/out/profiles/
     python -m bench --render                         # report.md again from report.json
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("fleet", "transition", "scaling", "server", "agent", "fileformat", "codec")
+BENCHMARKS = ("fleet", "ha", "transition", "scaling", "server", "agent", "fileformat", "codec")
 
 
 def _sizes(args: argparse.Namespace) -> dict:
@@ -111,7 +112,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """Run the chosen benchmarks; (results, names of those that failed)."""
-    from bench import agent, codec, fileformat, fleet, scaling, server, transition
+    from bench import agent, codec, fileformat, fleet, ha, scaling, server, transition
 
     sizes = _sizes(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace) -> tuple[dict, list[str]]:
         print(f"bench: {name} done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     attempt("fleet", lambda: fleet.run(sizes["terminals"], compression=sizes["compression"]))
+    attempt("ha", lambda: ha.run(sizes["terminals"]))
     attempt("transition", lambda: transition.run(sizes["records"], fmt=args.import_format))
 
     def scaling_run() -> dict:

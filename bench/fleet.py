@@ -90,9 +90,16 @@ class Fleet:
     setup_seconds: float
 
 
+def _config(data_dir: Path, database_url: str | None) -> ServerConfig:
+    """The server configuration of a benchmark data folder: its SQLite file, or ``database_url``."""
+    env = {"RENKEI_SERVER_DATABASE_URL": database_url} if database_url else {}
+    return load_config(env=env, data_dir=data_dir)
+
+
 def prepare_day(
     folder: Path,
     *,
+    database_url: str | None = None,
     notices_per_unit: int = NOTICES_PER_UNIT,
     units: Sequence[Unit] | None = None,
     seed: int = 11,
@@ -102,11 +109,13 @@ def prepare_day(
     Made once per benchmark and copied for each burst (:func:`setup_fleet`),
     so every burst starts from the same day without importing it again.
     ``units`` (default: every receiving unit) limits the master to those
-    units — the smoke test's small world.
+    units — the smoke test's small world.  ``database_url`` (PostgreSQL) puts
+    the day in that database instead of the folder's SQLite file; the caller
+    copies it (``CREATE DATABASE … TEMPLATE``) for each burst.
     """
     ca_cert, ca_key = make_dev_ca(folder / "tls")
     make_server_cert(folder / "tls", ca_cert, ca_key)
-    config = load_config(env={}, data_dir=folder)
+    config = _config(folder, database_url)
     config.blob_dir.mkdir(parents=True, exist_ok=True)
     master = shipped_master()
     if units is None:
@@ -138,16 +147,20 @@ def setup_fleet(
     *,
     day: Path,
     notices: int,
+    database_url: str | None = None,
     upload_records: int = UPLOAD_RECORDS,
     window: float = 0.0,
     units: Sequence[Unit] | None = None,
     seed: int = 11,
 ) -> Fleet:
-    """A copy of the prepared ``day``, ``count`` enrolled terminals and their upload files."""
+    """A copy of the prepared ``day``, ``count`` enrolled terminals and their upload files.
+
+    ``database_url``: the day's database already copied there (PostgreSQL).
+    """
     started = time.perf_counter()
     data_dir = root / "data"
     shutil.copytree(day, data_dir)
-    config = load_config(env={}, data_dir=data_dir)
+    config = _config(data_dir, database_url)
     storage = Storage(config.database_url)
     try:
         sims = _enroll(

@@ -249,7 +249,7 @@ def _worker(job: dict) -> dict:
 
 def run_fleet(
     host: str,
-    port: int,
+    port: int | Sequence[int],
     ca_file: Path,
     terminals: Sequence[SimTerminal],
     *,
@@ -262,7 +262,13 @@ def run_fleet(
     The workers are separate interpreters (``python -m bench.loadgen JOB OUT``),
     not ``multiprocessing`` children: nothing of this process is inherited,
     and it works the same under pytest, ``python -m bench`` or a script.
+    Several ports are several app servers behind a load balancer: worker
+    *n* sends its terminals to port *n* mod their count (a balancer that keeps
+    a terminal on one server for its connection, as a TCP balancer does).
     """
+    ports = [port] if isinstance(port, int) else list(port)
+    if not ports or processes % len(ports):
+        raise ValueError(f"{processes} worker processes cannot share {len(ports)} server(s) evenly")
     shares: list[list[SimTerminal]] = [[] for _ in range(processes)]
     for index, terminal in enumerate(sorted(terminals, key=lambda t: t.offset)):
         shares[index % processes].append(terminal)
@@ -278,7 +284,7 @@ def run_fleet(
                     pickle.dumps(
                         {
                             "host": host,
-                            "port": port,
+                            "port": ports[number % len(ports)],
                             "ca_file": str(ca_file),
                             "terminals": share,
                             "threads": threads,

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GroupWatch", "WatchResult", "group_members", "own_peak_rss_mb"]
+__all__ = ["GroupWatch", "WatchResult", "group_members", "own_peak_rss_mb", "tree_members"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -59,15 +59,15 @@ def own_peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(process group, CPU seconds) of one process, None when it is gone."""
+def _stat(pid: int, *, field: int = 2) -> tuple[int, float] | None:
+    """(process group — or the parent with ``field=1`` —, CPU seconds) of one process, None when gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()
     # After the command: state(0) ppid(1) pgrp(2) … utime(11) stime(12).
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[field]), (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _memory(pid: int) -> tuple[int, int]:
@@ -96,11 +96,31 @@ def group_members(pgid: int) -> dict[int, float]:
     return members
 
 
-class GroupWatch:
-    """``with GroupWatch(pgid) as watch: …`` then ``watch.result``."""
+def tree_members(root: int) -> dict[int, float]:
+    """PID -> CPU seconds for ``root`` and its children.
 
-    def __init__(self, pgid: int, *, interval: float = 0.25):
+    For servers whose children leave the parent's process group, as
+    PostgreSQL's backends do (each calls setsid()).
+    """
+    members: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            found = _stat(pid, field=1)
+            if found is not None and (pid == root or found[0] == root):
+                members[pid] = found[1]
+    return members
+
+
+class GroupWatch:
+    """``with GroupWatch(pgid) as watch: …`` then ``watch.result``.
+
+    ``tree=True``: ``pgid`` is a parent process, watched with its children.
+    """
+
+    def __init__(self, pgid: int, *, interval: float = 0.25, tree: bool = False):
         self.pgid = pgid
+        self._members = tree_members if tree else group_members
         self.interval = interval
         self.result: WatchResult | None = None
         self._stop = threading.Event()
@@ -112,7 +132,7 @@ class GroupWatch:
         self._started = 0.0
 
     def _sample(self) -> None:
-        members = group_members(self.pgid)
+        members = self._members(self.pgid)
         for pid, cpu in members.items():
             self._start_cpu.setdefault(pid, 0.0 if self._started_sampling else cpu)
             self._last_cpu[pid] = cpu

@@ -29,6 +29,14 @@ SECTIONS = {
         "clock endpoint (the stack's own cost). Server CPU and memory are the gunicorn "
         "process group's (PSS shares the pages the workers inherit)."
     ),
+    "ha": (
+        "Several app servers: the same fleet all at once on PostgreSQL (a throw-away cluster, "
+        "fsync on) against one gunicorn, then against two gunicorn instances sharing the data "
+        "folder and the database, the load generator's two processes one per server. `ratio` = "
+        "one-server seconds / two-server seconds; both servers and the database share this "
+        "machine's cores, so the ratio shows the cost of coordinating through the database, "
+        "not the capacity a second host adds"
+    ),
     "transition": (
         "Transition day: the ministry's notices imported (JSON Lines, files of 100,000), the "
         "day closed, batches encoded; each step in its own process (peak RSS is its own)"

@@ -34,6 +34,7 @@ from .cli_options import (
     Failure,
     config_option,
     json_option,
+    open_new_storage,
 )
 from .cli_options import echo_json as _echo_json
 from .cli_options import load as _config
@@ -50,7 +51,7 @@ from .municipalities import get_municipality, load_master
 from .operator_cli import operator_group, report_command
 from .retention import purge
 from .status import server_status
-from .storage import TOKYO, Storage, iso_utc
+from .storage import TOKYO, iso_utc
 from .update_cli import UPDATE_COMMANDS
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
@@ -110,7 +111,7 @@ def init_command(
         config.blob_dir.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise Failure(f"cannot create {config.data_dir}: {exc.strerror}") from None
-    storage = Storage(config.database_url)
+    storage = open_new_storage(config)
     try:
         applied = storage.migrate()
         key_existed = config.signing_key_path.exists()
@@ -121,12 +122,12 @@ def init_command(
     except OSError as exc:
         raise Failure(f"{exc.filename or config.data_dir}: {exc.strerror}") from None
     except SQLAlchemyError as exc:
-        raise Failure(f"cannot set up the database {config.database_url}: {exc}") from None
+        raise Failure(f"cannot set up the database {storage.safe_url}: {exc}") from None
     finally:
         storage.dispose()
     summary: dict[str, Any] = {
         "data_dir": str(config.data_dir),
-        "database_url": config.database_url,
+        "database_url": storage.safe_url,
         "migrations_applied": applied,
         "signing_key": str(config.signing_key_path),
         "signing_key_created": not key_existed,
@@ -148,9 +149,7 @@ def init_command(
         _echo_json(summary)
         return
     click.echo(f"データフォルダ: {config.data_dir}")
-    click.echo(
-        f"データベース: {config.database_url}（適用した移行: {', '.join(applied) or 'なし'}）"
-    )
+    click.echo(f"データベース: {storage.safe_url}（適用した移行: {', '.join(applied) or 'なし'}）")
     state = "作成しました" if not key_existed else "既存の鍵を使います"
     click.echo(f"署名鍵: {config.signing_key_path}（{state}）key id {summary['key_id']}")
     click.echo(
@@ -527,7 +526,7 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
             dry_run=dry_run,
         )
     except SQLAlchemyError as exc:
-        raise Failure(f"the database {config.database_url} failed: {exc}") from None
+        raise Failure(f"the database {storage.safe_url} failed: {exc}") from None
     finally:
         storage.dispose()
     if as_json:

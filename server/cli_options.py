@@ -30,6 +30,7 @@ __all__ = [
     "json_option",
     "load",
     "now",
+    "open_new_storage",
     "open_storage",
     "report_day",
 ]
@@ -70,8 +71,17 @@ def load(path: Path | None) -> ServerConfig:
         raise Failure(exc.message) from None
 
 
+def open_new_storage(config: ServerConfig) -> Storage:
+    """The configured database's :class:`Storage`, which may not exist yet (``init`` makes it)."""
+    try:
+        return Storage(config.database_url)
+    except ConfigError as exc:
+        raise Failure(exc.message) from None
+
+
 def open_storage(config: ServerConfig) -> Storage:
-    storage = Storage(config.database_url)
+    """The configured database, which must exist and be initialised; else a Failure saying so."""
+    storage = open_new_storage(config)
     database = storage.engine.url.database
     if storage.engine.dialect.name == "sqlite" and database and not Path(database).exists():
         storage.dispose()  # opening would create an empty file
@@ -79,10 +89,12 @@ def open_storage(config: ServerConfig) -> Storage:
     try:
         version = storage.schema_version()
     except SQLAlchemyError as exc:  # an unreachable database: report it plainly
-        raise Failure(f"cannot open the database {config.database_url}: {exc}") from None
+        storage.dispose()
+        raise Failure(f"cannot open the database {storage.safe_url}: {exc}") from None
     if version == 0:
+        storage.dispose()
         raise Failure(
-            f"the database {config.database_url} is not initialised; run `renkei-server init`"
+            f"the database {storage.safe_url} is not initialised; run `renkei-server init`"
         )
     return storage
 

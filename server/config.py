@@ -143,6 +143,8 @@ _INTS = {
     "retention_days",
 }
 _OPTIONAL_STRS = {"operator_token_hash"}
+#: The databases the server runs on (server.storage.engine_url); the rest of the URL is theirs.
+_DATABASE_URL = re.compile(r"(sqlite(\+pysqlite)?|postgresql\+psycopg|postgres(ql)?)://")
 
 
 def _convert(key: str, value: Any, source: str) -> Any:
@@ -173,6 +175,12 @@ def _convert(key: str, value: Any, source: str) -> Any:
     text = str(value)
     if key == "bind" and ":" not in text and not text.startswith("unix:"):
         raise ConfigError(f"{source}: bind must be HOST:PORT or unix:PATH, got {text!r}")
+    if key == "database_url" and text and not _DATABASE_URL.match(text):
+        scheme = text.split("://", 1)[0] if "://" in text else text[:20]
+        raise ConfigError(
+            f"{source}: database_url must be sqlite:///PATH or postgresql://USER@HOST/DATABASE "
+            f"(psycopg 3), got a URL starting {scheme!r}"
+        )
     return text
 
 

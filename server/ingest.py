@@ -48,7 +48,7 @@ from common.rejections import file_error_entry, row_error_entry
 from common.validation import validate
 
 from .errors import NoticeImportError
-from .storage import Storage, imports, iso_utc, municipalities, notices
+from .storage import Storage, imports, iso_utc, municipalities, notices, serialize
 
 __all__ = [
     "ImportResult",
@@ -398,6 +398,9 @@ def import_notices(
 def _store(
     conn: Connection, result: ImportResult, candidates: list[_Candidate], now: datetime
 ) -> None:
+    # Imports take turns (across app servers too), so one that overlaps another counts the
+    # other's records as duplicates instead of failing on UNIQUE(record_id).
+    serialize(conn, "import")
     existing = _existing(conn, [c.record_id for c in candidates])
     new: list[_Candidate] = []
     conflicts: list[dict] = []

@@ -7,12 +7,14 @@ made once by ``renkei-server init`` and never printed; its key id
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.atomicwrite import write_bytes
+from common.atomicwrite import TEMP_MARK, TEMP_PREFIX, fsync_dir
 
 from .errors import ServerError
 
@@ -43,7 +45,13 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
-    """Read the signing key, making it first (mode 0600, folder 0700) if it does not exist."""
+    """Read the signing key, making it first (mode 0600, folder 0700) if it does not exist.
+
+    Two ``init`` runs at once on a shared data folder (several app servers)
+    must end with one key, not with the last writer's: the new key is written
+    and fsynced under a temporary name, then *linked* to ``path``, which fails
+    if a key got there first — then that key is the one, and is loaded.
+    """
     path = Path(path)
     if path.exists():
         return load_signing_key(path)
@@ -54,7 +62,19 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_bytes(path, pem, mode=0o600)
+    fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}{TEMP_MARK}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp made it 0600
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return load_signing_key(path)  # another init won: its key is the server's
+        fsync_dir(path.parent)
+    finally:
+        os.unlink(temp)
     return key
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from common import lasdec
 
-from .storage import Storage, municipalities
+from .storage import Storage, municipalities, serialize
 
 __all__ = [
     "MasterLoad",
@@ -101,6 +101,7 @@ def load_master(
     wanted = {row["lasdec"]: row for row in rows}
     added = updated = unchanged = retired = 0
     with storage.begin() as conn:
+        serialize(conn, "schema")  # two hosts running init at once take turns
         existing = {row.lasdec: row._asdict() for row in conn.execute(sa.select(municipalities))}
         new = [row for code, row in wanted.items() if code not in existing]
         if new:

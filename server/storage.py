@@ -1,27 +1,41 @@
 """The server's database: schema, migrations and transactions (SQLAlchemy Core 2.x).
 
 One module holds every table so the whole data model reads in one place.  The
-SQL is portable — SQLite (the embedded default) and PostgreSQL run the same
-statements; only the SQLite connection set-up below is SQLite-specific.
-Everything that must happen once is a database constraint, not a check in
-Python: a record id is loaded once (``UNIQUE(record_id)``), a municipality
-gets one batch per business day and one per sequence number, an upload is
-stored once per (municipality, file hash), a nonce is seen once per terminal,
-and a token is used once (``UPDATE … WHERE used_at IS NULL``).
+SQL is portable — SQLite (the embedded default) and PostgreSQL (several app
+servers sharing one database) run the same statements; only the connection
+set-up below differs.  Everything that must happen once is a database
+constraint, not a check in Python: a record id is loaded once
+(``UNIQUE(record_id)``), a municipality gets one batch per business day and
+one per sequence number, an upload is stored once per (municipality, file
+hash), a nonce is seen once per terminal, and a token is used once
+(``UPDATE … WHERE used_at IS NULL``).
+
+Where a transaction reads, decides and then writes (close-day numbering
+batches, an upload comparing its records with earlier ones, an import, the
+migrations), concurrent runs take turns: :func:`serialize`.  On SQLite every
+write transaction already holds the database's single write lock (``BEGIN
+IMMEDIATE``); on PostgreSQL, whose writers run side by side, it is a
+transaction-scoped advisory lock, released at commit or rollback (so it also
+works behind a transaction-pooling proxy).  The constraints stay as the last
+line of defence either way.  Reads (:meth:`Storage.read`) are one snapshot on
+both: a deferred transaction on SQLite, ``REPEATABLE READ READ ONLY`` on
+PostgreSQL.
 
 Times are stored as UTC; the column type turns them back into aware UTC
 datetimes on both databases.  Business dates (Japan's calendar day) are plain
 dates.
 
 Migrations are functions recorded in ``schema_migrations``, each applied in
-its own transaction; ``migrate()`` is safe to run again.  The table
-definitions below are the *current* schema; a change to them comes with a new
-migration function that brings an existing database to it.
+its own transaction; ``migrate()`` is safe to run again, also on two hosts at
+once (each step takes the ``schema`` lock, then checks it is still to do).
+The table definitions below are the *current* schema; a change to them comes
+with a new migration function that brings an existing database to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
@@ -29,12 +43,17 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from .errors import ConfigError
+
 __all__ = [
     "TOKYO",
     "Storage",
     "business_day",
+    "engine_url",
     "iso_utc",
+    "lock_key",
     "metadata",
+    "serialize",
 ]
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -368,6 +387,59 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
 
 # --- the storage object -------------------------------------------------------------------------
 
+#: The database URLs the server accepts (``database_url``); libpq's own schemes mean psycopg 3.
+BACKENDS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+
+
+def engine_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL for a ``database_url``: ``postgresql://`` and ``postgres://`` use psycopg 3.
+
+    Raises ConfigError for a URL that is not SQLite or PostgreSQL (the only
+    databases the server is tested on).
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"database_url is not a database URL: {url[:40]!r}") from None
+    driver = BACKENDS.get(parsed.drivername)
+    if driver is None:
+        raise ConfigError(
+            f"database URL {parsed.render_as_string(hide_password=True)!r}: the server runs on "
+            "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DATABASE)"
+        )
+    return parsed.set(drivername=driver)
+
+
+def lock_key(*scope: str) -> int:
+    """The signed 64-bit PostgreSQL advisory lock key of a :func:`serialize` scope.
+
+    The same on every host and version (SHA-256 of the scope), so an operator
+    can find who holds or waits for a lock in ``pg_locks`` (``classid`` and
+    ``objid`` are its high and low 32 bits).
+    """
+    digest = hashlib.sha256(b"renkei\x1f" + "\x1f".join(scope).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def serialize(conn: Connection, *scope: str) -> None:
+    """Make transactions with the same ``scope`` take turns, from here until this one ends.
+
+    Call it first in a write transaction that reads, decides and then writes.
+    SQLite: nothing to do, the write transaction holds the database's write
+    lock.  PostgreSQL: ``pg_advisory_xact_lock`` on a key derived from the
+    scope (e.g. ``("close-day",)``, ``("upload", lasdec)``), held to commit or
+    rollback.  Statements after it see what the previous holder committed
+    (READ COMMITTED takes a new snapshot per statement).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(*scope))))
+
 
 def _sqlite_setup(engine: Engine) -> None:
     """SQLite pragmas, and transactions SQLAlchemy controls (BEGIN IMMEDIATE for writes).
@@ -395,23 +467,63 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _postgresql_engine(url: sa.URL) -> Engine:
+    """psycopg 3 with a connection check on checkout.
+
+    ``pool_pre_ping``: after a failover to the standby (or a restart) every
+    pooled connection is dead; the check costs one round trip per
+    transaction and spares the next request on each of them a 500.  Writes
+    run in READ COMMITTED (PostgreSQL's default) and rely on constraints,
+    conditional updates and :func:`serialize`, never on a snapshot.
+    """
+    named = "application_name" in url.query  # else pg_stat_activity shows who is connected
+    try:
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={} if named else {"application_name": "renkei-server"},
+        )
+    except ImportError:
+        raise ConfigError(
+            "database_url names PostgreSQL but psycopg 3 is not installed: install the "
+            "server with its postgresql extra (pip install 'renkei[postgresql]')"
+        ) from None
+
+
 class Storage:
     """The database behind one URL.  Create one per process; :meth:`dispose` after a fork."""
 
     def __init__(self, url: str):
         self.url = url
-        self.engine: Engine = sa.create_engine(url)
-        if self.engine.dialect.name == "sqlite":
+        target = engine_url(url)
+        if target.get_backend_name() == "postgresql":
+            self.engine: Engine = _postgresql_engine(target)
+            self._reader = self.engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        else:
+            self.engine = sa.create_engine(target)
             _sqlite_setup(self.engine)
-        self._reader = self.engine.execution_options(sqlite_begin="DEFERRED")
+            self._reader = self.engine.execution_options(sqlite_begin="DEFERRED")
+
+    @property
+    def safe_url(self) -> str:
+        """The URL to show in messages and logs: any password replaced by ``***``."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def migrate(self) -> list[str]:
-        """Apply the migrations not yet applied; return their names (empty when up to date)."""
+        """Apply the migrations not yet applied; return their names (empty when up to date).
+
+        Safe while another host migrates the same database: each step takes
+        the ``schema`` lock, then checks whether it is still to do.
+        """
         with self.begin() as conn:
+            serialize(conn, "schema")
             schema_migrations.create(conn, checkfirst=True)
         applied: list[str] = []
         for version, name, function in MIGRATIONS:
             with self.begin() as conn:
+                serialize(conn, "schema")
                 done = conn.execute(
                     sa.select(schema_migrations.c.version).where(
                         schema_migrations.c.version == version
@@ -476,7 +588,7 @@ class Storage:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        """One read-only transaction (a consistent snapshot that does not take the write lock)."""
+        """One read-only transaction: a consistent snapshot that takes no write lock."""
         with self._reader.begin() as conn:
             yield conn
 

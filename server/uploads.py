@@ -12,8 +12,12 @@ by the server key, so the municipality can later prove what was accepted.
 
 Uploads are idempotent by (municipality, SHA-256 of the bytes): sending the
 same file again returns the stored receipt and stores nothing.  The original
-bytes are always kept in the blob store.  Everything is one transaction; a
-race between two identical uploads is settled by ``UNIQUE(lasdec, sha256)``.
+bytes are always kept in the blob store.  Everything is one transaction, and
+one municipality's uploads take turns (``serialize(conn, "upload", lasdec)``,
+across app servers too): the second of two identical uploads finds the first's
+receipt, and a record sent in two files at once is stored once, as a duplicate
+in the later file.  ``UNIQUE(lasdec, sha256)`` and ``UNIQUE(lasdec,
+record_id)`` stay as the last line of defence.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from .blobs import BlobStore
 from .enrollment import Terminal
 from .errors import UploadError
 from .ingest import conflict_problem, record_content
-from .storage import Storage, iso_utc, received_notices, uploads
+from .storage import Storage, iso_utc, received_notices, serialize, uploads
 
 __all__ = ["RECEIPT_TYPE", "get_receipt", "receive_upload"]
 
@@ -151,6 +155,10 @@ def receive_upload(
     blobs.put(data, sha256=sha256)
     try:
         with storage.begin() as conn:
+            serialize(conn, "upload", lasdec)
+            stored = _stored_receipt(conn, lasdec, sha256)
+            if stored is not None:  # the same file, stored while this one was being read
+                return stored, False
             # Stored again inside the write transaction — a no-op unless a purge removed the file
             # in between — so a purge (which re-checks references in its own write transaction)
             # can never delete the file this new row will point to.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import agent, codec, fileformat, fleet, scaling, server, transition
+from bench import agent, codec, fileformat, fleet, ha, scaling, server, transition
 from bench.report import markdown, verdicts
 from bench.workload import receiving_units
 
@@ -53,6 +53,22 @@ def test_fleet_runs_every_terminals_cycle() -> None:
     assert figures["floor"]["errors"] == 0
     assert figures["floor"]["requests"] == 7 * 5
     assert 0 < figures["floor"]["ratio"]
+
+
+def test_ha_runs_the_fleet_on_postgresql_against_one_then_two_servers() -> None:
+    figures = ha.run(8, notices_per_unit=2, upload_records=2, units=UNITS, threads=2)
+    for name, servers in (("one_server", 1), ("two_servers", 2)):
+        run = figures[name]
+        assert run["servers"] == servers
+        assert run["errors"] == 0, run.get("first_errors")
+        for kind in ("tls_connect", "list", "download", "ack", "upload", "receipt"):
+            assert run["latency"][kind]["count"] == 8, (name, kind)
+        assert run["database_cpu_seconds"] > 0  # the requests really went to PostgreSQL
+    comparison = figures["comparison"]
+    assert comparison["errors"] == 0
+    assert comparison["ratio"] == pytest.approx(
+        comparison["one_server_seconds"] / comparison["two_servers_seconds"]
+    )
 
 
 def test_transition_imports_closes_and_compares_the_same_rows() -> None:

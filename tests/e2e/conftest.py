@@ -7,7 +7,10 @@ Debian packages: iproute2 (``ip``, ``tc``), nftables, util-linux (``unshare``,
 ``systemd-tmpfiles``), dnsmasq-base, chrony, e2fsprogs (``mkfs.ext4``).
 
 At the end the fixture checks that no namespace of this run is left
-(``ip netns list``), failed tests or not.  The tables the scenarios print are
+(``ip netns list``), failed tests or not.  With ``--database=postgresql`` the
+server's database is a new, empty database of the worker's throw-away cluster
+(tests/conftest.py), set up by the operator's ``renkei-server init`` like a
+real one.  The tables the scenarios print are
 repeated in the terminal summary (``report.py``).
 """
 
@@ -49,9 +52,13 @@ def _need_root_and_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Iterator[World]:  # type: ignore[no-untyped-def]
+def world(tmp_path_factory, request, database_kind) -> Iterator[World]:  # type: ignore[no-untyped-def]
     _need_root_and_tools()
-    built = World(tmp_path_factory.mktemp("world"))
+    database_url = None
+    if database_kind == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        database_url = cluster.create_database(cluster.new_name("e2e"))
+    built = World(tmp_path_factory.mktemp("world"), database_url=database_url)
     try:
         yield built.start()
     finally:

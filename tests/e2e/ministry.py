@@ -7,7 +7,11 @@ commands, a mail relay, and a hand on the server's faults.
   the whole process group (no graceful anything), :meth:`Server.start` brings
   it back on the same address.  :meth:`Server.cli` runs ``renkei-server`` as
   the operator does, in the namespace.  :attr:`Server.storage` reads the
-  database for the invariant checks (the test never writes to it).
+  database for the invariant checks (the test never writes to it).  The
+  database is the data folder's SQLite file, or the PostgreSQL database
+  ``database_url`` names (``pytest --database=postgresql``): the operator's
+  ``init`` migrates it, and the server reaches it over the cluster's unix
+  socket, which a network namespace does not hide.
 * :class:`Faults` — the control file of :mod:`tests.e2e.faultwsgi`: add a
   rule, wait until it bit, release it.
 * :class:`MailRelay` — aiosmtpd on 10.20.0.25:25 keeping every message in a Maildir.
@@ -122,17 +126,20 @@ class Faults:
 class Server:
     """The linkage server in the ministry namespace (see the module docstring)."""
 
-    def __init__(self, net: Lgwan, folder: Path):
+    def __init__(self, net: Lgwan, folder: Path, *, database_url: str | None = None):
         self.net = net
         self.folder = folder
         self.data_dir = folder / "server-data"
         self.log_path = folder / "gunicorn.log"
         self.faults = Faults(folder / "faults.json")
         self.process: subprocess.Popen | None = None
+        self.database_url = database_url or f"sqlite:///{self.data_dir / 'renkei.sqlite3'}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
         self.env.update(RENKEI_SERVER_DATA_DIR=str(self.data_dir), PYTHONPATH=str(ROOT))
+        if database_url:
+            self.env["RENKEI_SERVER_DATABASE_URL"] = database_url
         self.cli("init", "--dev-tls", "--hostname", SERVER_NAME)
-        self.storage = Storage(f"sqlite:///{self.data_dir / 'renkei.sqlite3'}")
+        self.storage = Storage(self.database_url)
 
     @property
     def ca_file(self) -> Path:

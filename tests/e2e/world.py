@@ -58,9 +58,12 @@ def municipality_records(lasdec: str, count: int, tag: str, *, seed: int = 3) ->
 class World:
     """See the module docstring."""
 
-    def __init__(self, folder: Path, lasdecs: Sequence[str] = LASDECS):
+    def __init__(
+        self, folder: Path, lasdecs: Sequence[str] = LASDECS, *, database_url: str | None = None
+    ):
         self.folder = folder
         self.lasdecs = tuple(lasdecs)
+        self.database_url = database_url  # None: the server's SQLite file
         self.net = Lgwan()
         self.server: Server | None = None
         self.mail: MailRelay | None = None
@@ -81,7 +84,7 @@ class World:
         sweep_stale()
         try:
             self.net.up()
-            self.server = Server(self.net, self.folder).start()
+            self.server = Server(self.net, self.folder, database_url=self.database_url).start()
             self.server_key = self.server.public_key
             self.mail = MailRelay(self.net, self.folder).start()
             self.dns = NsDnsmasq(

@@ -36,6 +36,17 @@ _CHUNK = 64 * 1024
 ROOT = Path(__file__).resolve().parent.parent.parent
 GUNICORN_CONF = ROOT / "server" / "gunicorn.conf.py"
 _LISTENING = re.compile(r"Listening at: https?://([0-9.]+):([0-9]+)")
+#: Data folders whose database is not their own SQLite file -> its URL (see :func:`use_database`).
+_DATABASES: dict[Path, str] = {}
+
+
+def use_database(data_dir: Path, url: str) -> None:
+    """Note that the server of ``data_dir`` uses the database at ``url`` (e.g. PostgreSQL).
+
+    :class:`GunicornProcess` is given a data folder; this is how it learns the
+    database the test's fixtures made for that folder.
+    """
+    _DATABASES[Path(data_dir).resolve()] = url
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -91,9 +102,13 @@ class SigningClient:
         agent_version: str = "renkei-test/1",
         clock: Callable[[], float] = time.time,
         timeout: float = 30.0,
+        authority: str | None = None,
     ):
         self.host = host
         self.port = port
+        #: The host[:port] requests name (Host header, signature) when it is not host:port: the
+        #: load balancer's name, so one signed request is valid at every app server behind it.
+        self.authority = authority
         self.key = key
         self.key_id = key_id
         self.agent_version = agent_version
@@ -104,7 +119,14 @@ class SigningClient:
 
     @property
     def origin(self) -> str:
-        return f"https://{self.host}:{self.port}"
+        return f"https://{self.authority or f'{self.host}:{self.port}'}"
+
+    def _start(self, conn: http.client.HTTPSConnection, method: str, path: str) -> None:
+        conn.putrequest(
+            method, path, skip_host=self.authority is not None, skip_accept_encoding=True
+        )
+        if self.authority is not None:
+            conn.putheader("Host", self.authority)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -184,7 +206,7 @@ class SigningClient:
         conn = self._connection()
         headers = {"Renkei-Agent-Version": self.agent_version}
         headers.update(self.signed_headers("GET", path, b"", **signing))
-        conn.putrequest("GET", path, skip_accept_encoding=True)
+        self._start(conn, "GET", path)
         for name, value in headers.items():
             conn.putheader(name, value)
         conn.endheaders()
@@ -230,7 +252,7 @@ class SigningClient:
         body: bytes,
         headers: Mapping[str, str],
     ) -> Reply:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        self._start(conn, method, path)
         names = {name.lower() for name in headers}
         for name, value in headers.items():
             conn.putheader(name, value)
@@ -269,6 +291,11 @@ class GunicornProcess:
     master's log, so there is no race with another test for a "free" port.
     The server runs in its own session; :meth:`stop` signals the whole
     process group and waits, escalating to SIGKILL.
+
+    The database is the data folder's SQLite file unless ``database_url`` is
+    given or the folder was registered with :func:`use_database` (the server
+    tests' fixtures do on ``--database=postgresql``).  No ``RENKEI_SERVER_*``
+    variable of the test process reaches the server.
     """
 
     def __init__(
@@ -279,8 +306,10 @@ class GunicornProcess:
         workers: int = 2,
         threads: int = 4,
         env: Mapping[str, str] | None = None,
+        database_url: str | None = None,
     ):
         self.data_dir = Path(data_dir)
+        self.database_url = database_url or _DATABASES.get(self.data_dir.resolve())
         self.log_path = Path(log_path)
         self.workers = workers
         self.threads = threads
@@ -306,6 +335,8 @@ class GunicornProcess:
             RENKEI_GUNICORN_THREADS=str(self.threads),
             PYTHONPATH=str(ROOT),
         )
+        if self.database_url:
+            env["RENKEI_SERVER_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:

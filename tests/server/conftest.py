@@ -1,15 +1,28 @@
-"""Fixtures for the server tests: real SQLite files in tmp_path, real keys, real blobs.
+"""Fixtures for the server tests: a real database, real keys, real blobs.
+
+The database is the one ``--database`` names (tests/conftest.py): a SQLite
+file in the test's data folder (the default), or a PostgreSQL database of
+this worker's throw-away cluster, made for the test and dropped after it.
 
 The core's fixtures are named ``core_*``.  Building the schema and loading the
 ~1,960-row municipality master takes a few tenths of a second, so it is done
-once per session into a template database that each test copies.
+once per session into a template database that each test copies (a file
+copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL).
+
+On PostgreSQL what finds the server by its data folder alone uses the same
+database: :class:`tests.server.client.GunicornProcess` looks the folder up
+(:func:`tests.server.client.use_database`), and the test's first database is
+put in the environment (``RENKEI_SERVER_DATABASE_URL``) for the CLI run
+through click's runner.
 """
 
 from __future__ import annotations
 
 import io
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +39,8 @@ from server.config import ServerConfig, load_config
 from server.enrollment import Terminal, enroll, issue_token
 from server.municipalities import load_master
 from server.storage import Storage
+from tests.pgcluster import PgCluster
+from tests.server.client import use_database
 
 #: 2026-11-27 18:00 in Japan: after business hours, the business date is 2026-11-27.
 CORE_NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -35,22 +50,148 @@ SAPPORO = "011002"  # 札幌市: a designated city, not a receiving unit
 HOKKAIDO = "010006"  # a prefecture
 
 
+class ServerDatabases:
+    """PostgreSQL databases for the server tests: templates built once per worker, copies of them.
+
+    A template is made the first time it is asked for (``build`` gets it
+    migrated and loads a master) and is never connected to again, so
+    ``CREATE DATABASE … TEMPLATE`` can copy it.  A copy made during a test is
+    dropped after it; one made by a module- or session-scoped fixture (before
+    any test's own fixtures run) lives until the end of the session.
+
+    With fsync on, making and dropping a database costs a few tenths of a
+    second on a busy machine, mostly waiting for the disk, and most tests take
+    less.  So :data:`SPARES` copies of each template are made ahead by
+    background threads while the tests run, and the drops happen there too.
+    """
+
+    SPARES = 2  # copies made ahead per template (and background threads)
+
+    def __init__(self, cluster: PgCluster):
+        self.cluster = cluster
+        self._templates: dict[str, str] = {}
+        self._spares: dict[str, deque[Future[str]]] = {}
+        self._background = ThreadPoolExecutor(self.SPARES, thread_name_prefix="pg-databases")
+        self._drops: list[Future[None]] = []
+        self._test_copies: list[str] | None = None  # None: no test is running
+        self._session_copies: list[str] = []
+        self._monkeypatch: pytest.MonkeyPatch | None = None
+
+    def template(self, name: str, build: Callable[[Storage], object]) -> str:
+        if name not in self._templates:
+            database = f"tmpl_{name}"
+            storage = Storage(self.cluster.create_database(database))
+            try:
+                storage.migrate()
+                build(storage)
+            finally:
+                storage.dispose()
+            self._templates[name] = database
+        return self._templates[name]
+
+    def _create(self, template: str) -> str:
+        database = self.cluster.new_name("t")
+        self.cluster.create_database(database, template=template)
+        return database
+
+    def copy(self, name: str, build: Callable[[Storage], object]) -> str:
+        """A new database copied from template ``name``; returns its URL."""
+        template = self.template(name, build)
+        spares = self._spares.setdefault(name, deque())
+        database = spares.popleft().result() if spares else self._create(template)
+        while len(spares) < self.SPARES:
+            spares.append(self._background.submit(self._create, template))
+        if self._test_copies is None:
+            self._session_copies.append(database)
+        else:
+            self._test_copies.append(database)
+            if self._monkeypatch is not None and len(self._test_copies) == 1:
+                # For what finds the server by its data folder alone (the CLI via CliRunner).
+                self._monkeypatch.setenv("RENKEI_SERVER_DATABASE_URL", self.cluster.url(database))
+        return self.cluster.url(database)
+
+    def begin_test(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._test_copies = []
+        self._monkeypatch = monkeypatch
+
+    def end_test(self) -> None:
+        copies, self._test_copies, self._monkeypatch = self._test_copies or [], None, None
+        self._drops += [self._background.submit(self.cluster.drop_database, d) for d in copies]
+
+    def close(self) -> None:
+        """Drop every copy and spare (the templates go with the cluster); raise a failed drop."""
+        spares = [future.result() for queue in self._spares.values() for future in queue]
+        self._background.shutdown(wait=True)
+        for database in (*spares, *self._session_copies):
+            self.cluster.drop_database(database)
+        for future in self._drops:
+            future.result()
+
+
+#: This worker's databases on ``--database=postgresql`` (set by ``server_databases``).
+_POSTGRESQL: ServerDatabases | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server_databases(
+    request: pytest.FixtureRequest, database_kind: str
+) -> Iterable[ServerDatabases | None]:
+    """This worker's :class:`ServerDatabases` on ``--database=postgresql``, else None.
+
+    Autouse and session-scoped, so it is in place before any module-scoped
+    fixture calls :func:`api_init_data`.
+    """
+    global _POSTGRESQL
+    if database_kind != "postgresql":
+        yield None
+        return
+    _POSTGRESQL = ServerDatabases(request.getfixturevalue("pg_cluster"))
+    try:
+        yield _POSTGRESQL
+    finally:
+        databases, _POSTGRESQL = _POSTGRESQL, None
+        databases.close()
+
+
+@pytest.fixture(autouse=True)
+def _server_database(
+    server_databases: ServerDatabases | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterable[None]:
+    """Drop the PostgreSQL databases made during this test after it."""
+    if server_databases is None:
+        yield
+        return
+    server_databases.begin_test(monkeypatch)
+    try:
+        yield
+    finally:
+        server_databases.end_test()
+
+
+def _full_master(storage: Storage) -> None:
+    load_master(storage)
+
+
 @pytest.fixture(scope="session")
 def core_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated database with the municipality master loaded, copied by ``core_storage``."""
+    """A migrated SQLite database with the municipality master loaded, copied by ``core_config``."""
     path = tmp_path_factory.mktemp("template") / "renkei.sqlite3"
     storage = Storage(f"sqlite:///{path}")
     storage.migrate()
-    load_master(storage)
+    _full_master(storage)
     storage.dispose()
     return path
 
 
 @pytest.fixture
-def core_config(tmp_path: Path, core_template_db: Path) -> ServerConfig:
+def core_config(tmp_path: Path, request: pytest.FixtureRequest) -> ServerConfig:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    shutil.copyfile(core_template_db, data_dir / "renkei.sqlite3")
+    if _POSTGRESQL is not None:
+        url = _POSTGRESQL.copy("core", _full_master)
+        use_database(data_dir, url)
+        return load_config(env={}, data_dir=data_dir, database_url=url)
+    shutil.copyfile(request.getfixturevalue("core_template_db"), data_dir / "renkei.sqlite3")
     return load_config(env={}, data_dir=data_dir)
 
 
@@ -150,18 +291,31 @@ class ApiClock:
         self.now += timedelta(seconds=seconds)
 
 
+def _small_master(storage: Storage) -> None:
+    load_master(storage, [m for m in shipped_master() if m.code in API_MASTER])
+
+
 def api_init_data(data_dir: Path, *, tls: bool = False, **overrides) -> ServerConfig:
-    """What ``renkei-server init`` makes, with the small master: database, signing key, TLS."""
+    """What ``renkei-server init`` makes, with the small master: database, signing key, TLS.
+
+    The database is a file in ``data_dir``, or on ``--database=postgresql`` a new
+    database (its URL in the returned config).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     if tls:
         ca_cert, ca_key = make_dev_ca(data_dir / "tls")
         make_server_cert(data_dir / "tls", ca_cert, ca_key)
+    copied = _POSTGRESQL is not None and "database_url" not in overrides
+    if copied:
+        overrides["database_url"] = _POSTGRESQL.copy("api", _small_master)
+        use_database(data_dir, overrides["database_url"])
     config = load_config(env={}, data_dir=data_dir, **overrides)
     config.blob_dir.mkdir(exist_ok=True)
-    storage = Storage(config.database_url)
-    storage.migrate()
-    load_master(storage, [m for m in shipped_master() if m.code in API_MASTER])
-    storage.dispose()
+    if not copied:
+        storage = Storage(config.database_url)
+        storage.migrate()
+        _small_master(storage)
+        storage.dispose()
     load_or_create_signing_key(config.signing_key_path)
     return config
 
