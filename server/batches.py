@@ -77,11 +77,17 @@ def list_batches(storage: Storage, lasdec: str, *, pending_only: bool) -> list[B
         return [_batch(row) for row in conn.execute(query)]
 
 
+#: One batch by id, scoped by municipality.  Built once: building a select and its cache key
+#: cost about as much as running it (every download and acknowledgement runs it, issue 10).
+_ONE_BATCH = sa.select(batches).where(
+    batches.c.batch_id == sa.bindparam("batch_id"), batches.c.lasdec == sa.bindparam("lasdec")
+)
+
+
 def get_batch(storage: Storage, lasdec: str, batch_id: str) -> Batch | None:
     """The batch, or None if there is none with this id *for this municipality*."""
-    query = sa.select(batches).where(batches.c.batch_id == batch_id, batches.c.lasdec == lasdec)
     with storage.read() as conn:
-        row = conn.execute(query).first()
+        row = conn.execute(_ONE_BATCH, {"batch_id": batch_id, "lasdec": lasdec}).first()
     return _batch(row) if row is not None else None
 
 
@@ -128,8 +134,6 @@ def acknowledge(
         )
         # Read back in the same transaction: one fewer round trip, and the answer is the row
         # exactly as this transaction left it.
-        row = conn.execute(
-            sa.select(batches).where(batches.c.batch_id == batch_id, batches.c.lasdec == lasdec)
-        ).first()
+        row = conn.execute(_ONE_BATCH, {"batch_id": batch_id, "lasdec": lasdec}).first()
     assert row is not None
     return _batch(row)

@@ -264,13 +264,25 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        # The labelled children of each (route, method, status) seen, so a request does not pay
+        # labels()'s validation and lock every time (issue 10).  As many entries as the
+        # registry keeps children: one per label set, for the life of the process.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.database = DatabaseCollector(storage, clock, config.cache_seconds)
         if registry is not None:
             registry.register(self.database)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
