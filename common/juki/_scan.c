@@ -8,11 +8,12 @@
  * times the cost of the utf-16-be codec itself; find_special_str needs
  * ~0.4 ns/char. When some characters are table-mapped (every 佐々木 holds
  * one), splicing them in from Python costs more than all the rest: so
- * encode_run also produces the output in C for the one-for-one cases (a
- * character with a single-unit code) and hands back to Python at the first
- * character that is anything else, and decode_run decodes every valid unit
- * in C (one BMP character, or a multi-unit sequence: an IVS spelling, an
- * astral kanji) and hands back only at a unit that is not a code. A notice
+ * encode_run also produces the output in C for every spelling with a code
+ * (one BMP character, a base with its variation selector, an astral kanji)
+ * and hands back to Python only at a spelling without one, and decode_run
+ * decodes every valid unit in C (one BMP character, or a multi-unit
+ * sequence: an IVS spelling, an astral kanji) and hands back only at a unit
+ * that is not a code. A notice
  * row costs more in Python's split and dict than in decoding, so parse_row
  * decodes, splits and builds the record of the common row (no quotes, no
  * line breaks, the right width) in one pass and leaves every other row to
@@ -33,9 +34,12 @@
  * has no Juki code and J+0000 decodes to nothing. The sequence table
  * (131,072 + 8 * n bytes) holds, per unit, the 1-based number of its
  * multi-unit spelling (0: none), then n pairs of 32-bit code points (the
- * second 0 for a one-character spelling), all in native byte order. Every
- * number read from a table is checked against the table's size and
- * against U+10FFFF before it is used.
+ * second 0 for a one-character spelling), all in native byte order. The
+ * spelling table (12 * n bytes) holds, for encoding, every spelling that is
+ * not one BMP character: n sorted entries of three native uint32 (first
+ * code point, second or 0, Juki code), binary-searched. Every number read
+ * from a table is checked against the table's size and against U+10FFFF
+ * (a code against 0xFFFF) before it is used.
  *
  * The tables come first in every function so that
  * functools.partial(function, table, ...) gives the codec a callable without
@@ -241,7 +245,8 @@ is_selector(Py_UCS4 c)
 }
 
 /* Per string kind: convert s[i:end] into dst (2 bytes per character) up to
- * the first character that is not one-for-one; return its index, or end.
+ * the first character that is not one-for-one (encode_run then looks at
+ * it: a spelling of its own, or a selector); return its index, or end.
  * The cast keeps the BMP test valid for every kind. */
 #define ENCODE_KIND(TYPE)                                                      \
     static Py_ssize_t encode_##TYPE(const TYPE *s, Py_ssize_t i, Py_ssize_t end, \
@@ -296,34 +301,86 @@ start_arg(PyObject *arg, Py_ssize_t n, Py_ssize_t *start)
     return 0;
 }
 
+/* The multi-character and astral spellings for encoding, checked once per
+ * call (see the top of this file): count entries of three native uint32,
+ * (first code point, second code point or 0, Juki code), sorted by the
+ * first two. */
+typedef struct {
+    const unsigned char *entries;
+    Py_ssize_t count;
+} Spellings;
+
+#define SPELLING_SIZE 12
+
+static int
+spellings_arg(PyObject *arg, Spellings *p, const char *fn)
+{
+    Py_ssize_t size;
+
+    if (!PyBytes_Check(arg) || (size = PyBytes_GET_SIZE(arg)) % SPELLING_SIZE != 0) {
+        PyErr_Format(PyExc_ValueError, "%s(): spellings must be bytes of length 12 * n", fn);
+        return -1;
+    }
+    p->entries = (const unsigned char *)PyBytes_AS_STRING(arg);
+    p->count = size / SPELLING_SIZE;
+    return 0;
+}
+
+/* The Juki code of the spelling (a, b) (b 0: the one character a), or 0
+ * when it has none. A binary search: only the indexes 0..count-1 are ever
+ * read, whatever the table holds, and an entry whose code is 0 or above
+ * 0xFFFF counts as no code (never trusted). */
+static uint32_t
+spelling_code(const Spellings *p, Py_UCS4 a, Py_UCS4 b)
+{
+    Py_ssize_t lo = 0, hi = p->count;
+
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        uint32_t e[3];
+        memcpy(e, p->entries + SPELLING_SIZE * (size_t)mid, SPELLING_SIZE);
+        if (e[0] == a && e[1] == b)
+            return e[2] <= 0xFFFF ? e[2] : 0;
+        if (e[0] < a || (e[0] == a && e[1] < b))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(encode_run_doc,
-             "encode_run(table, text, start, /) -> (bytes, stop)\n\n"
-             "Encode text[start:stop], where stop is the index of the first character\n"
-             "at or after start that is above U+FFFF or whose 2-byte entry in table\n"
-             "(bytes, 131072 long: the code of chr(c) big-endian at 2*c) is zero, or\n"
-             "len(text). When that character is a variation selector following a\n"
-             "character of the run, stop is the index of that character, so the\n"
-             "caller gets the sequence whole. start is clamped to [0, len(text)].");
+             "encode_run(table, spellings, text, start, /) -> (bytes, stop)\n\n"
+             "Encode text[start:stop], spelling by spelling, where stop is the index of\n"
+             "the first spelling that has no code, or len(text). A spelling is a\n"
+             "character that is not a variation selector, with the selector after it\n"
+             "if there is one (as codec._spelling_bounds), or a lone selector. Its\n"
+             "code: for one BMP character, the 2-byte entry at 2*c in table (bytes,\n"
+             "131072 long: the code of chr(c) big-endian; 0 for none); otherwise the\n"
+             "entry of spellings (see _scan.c). start is clamped to [0, len(text)].");
 
 static PyObject *
 encode_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     const unsigned char *table;
-    Py_ssize_t start, i, end, cap, n;
+    Spellings p;
+    Py_ssize_t start, i, from, end, cap, n, w = 0, single_to = -1;
     PyObject *text, *out;
     unsigned char *dst;
     int kind;
     const void *data;
 
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "encode_run() takes 3 positional arguments (%zd given)",
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "encode_run() takes 4 positional arguments (%zd given)",
                      nargs);
         return NULL;
     }
     if (!(table = table_arg(args[0], RUN_TABLE_SIZE, "encode_run")))
         return NULL;
-    text = args[1];
+    if (spellings_arg(args[1], &p, "encode_run") < 0)
+        return NULL;
+    text = args[2];
     if (!PyUnicode_Check(text)) {
         PyErr_Format(PyExc_TypeError, "encode_run(): text must be str, not %.100s",
                      Py_TYPE(text)->tp_name);
@@ -334,30 +391,64 @@ encode_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
 #endif
     n = PyUnicode_GET_LENGTH(text);
-    if (start_arg(args[2], n, &start) < 0)
+    if (start_arg(args[3], n, &start) < 0)
         return NULL;
     kind = PyUnicode_KIND(text);
     data = PyUnicode_DATA(text);
+    /* Every spelling is one or two characters and gives two bytes, so w
+     * (bytes written) <= 2 * (i - start) throughout: a spelling starting at
+     * i < end always fits in the 2 * cap bytes of out. */
     cap = n - start < BLOCK ? n - start : BLOCK;
     if (!(out = PyBytes_FromStringAndSize(NULL, 2 * cap)))
         return NULL;
-    for (i = start;; cap = grow(cap, n - start)) {
-        if (2 * cap != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, 2 * cap) < 0)
-            return NULL;
-        dst = (unsigned char *)PyBytes_AS_STRING(out) + 2 * (i - start);
+    for (i = start;;) {
         end = start + cap;
+        from = i;
+        dst = (unsigned char *)PyBytes_AS_STRING(out) + w;
         if (kind == PyUnicode_1BYTE_KIND)
             i = encode_Py_UCS1(data, i, end, table, dst);
         else if (kind == PyUnicode_2BYTE_KIND)
             i = encode_Py_UCS2(data, i, end, table, dst);
         else
             i = encode_Py_UCS4(data, i, end, table, dst);
-        if (i < end || end == n)
+        if (i > from) {
+            w += 2 * (i - from);
+            single_to = i; /* text[i - 1] went alone: no selector followed yet */
+        }
+        if (i < end) {
+            /* Not one BMP character with a code: a spelling of its own. */
+            Py_UCS4 c = PyUnicode_READ(kind, data, i), next = 0;
+            uint32_t code;
+            if (is_selector(c)) {
+                if (i != single_to)
+                    break; /* a lone selector: no spelling has one first */
+                i--;       /* the base went alone: take it back with its selector */
+                w -= 2;
+                c = PyUnicode_READ(kind, data, i);
+            }
+            if (i + 1 < n && is_selector(next = PyUnicode_READ(kind, data, i + 1)))
+                code = spelling_code(&p, c, next);
+            else if (c > 0xFFFF)
+                code = spelling_code(&p, c, 0);
+            else
+                break; /* one BMP character without a table entry */
+            if (code == 0)
+                break;
+            dst = (unsigned char *)PyBytes_AS_STRING(out) + w;
+            dst[0] = (unsigned char)(code >> 8);
+            dst[1] = (unsigned char)code;
+            w += 2;
+            i += is_selector(next) ? 2 : 1;
+            single_to = -1;
+            continue;
+        }
+        if (end == n)
             break;
+        cap = grow(cap, n - start);
+        if (_PyBytes_Resize(&out, 2 * cap) < 0)
+            return NULL;
     }
-    if (i < n && i > start && is_selector(PyUnicode_READ(kind, data, i)))
-        i--; /* the character before it was one-for-one, so no selector */
-    if (2 * (i - start) != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, 2 * (i - start)) < 0)
+    if (w != PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, w) < 0)
         return NULL;
     return Py_BuildValue("(Nn)", out, i);
 }

@@ -12,12 +12,12 @@ Two scanners give the same answers (``Scanner``): the optional C extension
 built, one compiled regex character class per direction (``tables.Tables``).
 The extension exists only for speed: the regex costs ~6 ns per character,
 seven times the utf-16-be codec itself; the C loop, a table lookup per
-character, ~0.4 ns. It also converts in C: encoding, the one-for-one runs
-(``encode_run``: a character with a single-unit code), so that table-mapped
-characters such as 々 cost no Python splicing; decoding, every valid unit
-(``decode_run``: variation sequences and astral kanji too). At anything else
-it hands back to the loops here, and every error goes through the same code
-as with the regex scanner. ``row_parser`` gives the notice file's reader the
+character, ~0.4 ns. It also converts in C, so that table-mapped characters
+such as 々 cost no Python splicing: encoding, every spelling with a code
+(``encode_run``: variation sequences and astral kanji too); decoding, every
+valid unit (``decode_run``). At anything else it hands back to the careful
+loops here, and every error goes through the same code as with the regex
+scanner. ``row_parser`` gives the notice file's reader the
 same tables for its common row.
 Set ``RENKEI_JUKI_SCANNER=python`` to force the regex (``=c`` to require the
 extension); ``using_scanner`` switches for a block (tests, benchmarks).
@@ -47,7 +47,6 @@ from .tables import (
     VARIATION_SELECTORS,
     Buffer,
     DecodeRun,
-    EncodeRun,
     Find,
     Scanner,
     scanner,
@@ -226,33 +225,13 @@ def _encode(text: str, errors: str, scan: Scanner) -> bytes:
         out, stop = run(text, 0)
         if stop == len(text):
             return out
-        return _encode_runs(text, out, stop, run, scan.encode_find, errors)
+        # C stops only at a spelling without a code: the careful path names
+        # it (or hands it to ``errors``) exactly as with the regex scanner.
+        return _encode_careful(text, errors, scan.encode_find)
     hit = scan.encode_find(text, 0)
     if hit < 0:
         return _utf16_encode(text)[0]
     return _encode_hits(text, hit, scan.encode_find, errors)
-
-
-def _encode_runs(
-    text: str, first: bytes, stop: int, run: EncodeRun, find: Find, errors: str
-) -> bytes:
-    """After the first C run: splice each spelling C hands back, run on.
-
-    C stops at a character without a single-unit code, or at the base before
-    a selector, so each stop starts a spelling. A spelling without a code
-    sends the whole text down ``_encode_careful``: errors, positions and
-    handlers are exactly those of the regex scanner.
-    """
-    table = tables().encode
-    out = [first]
-    while stop < len(text):
-        start, end = _spelling_bounds(text, stop, stop)
-        unit = table.get(text[start:end])
-        if unit is None:
-            return _encode_careful(text, errors, find)
-        more, stop = run(text, end)
-        out += (unit, more)
-    return b"".join(out)
 
 
 def _encode_hits(text: str, hit: int, find: Find, errors: str) -> bytes:
@@ -546,7 +525,7 @@ class IncrementalEncoder(codecs.IncrementalEncoder):
             out, stop = run(input, 0)
             if stop == len(input):
                 return out
-            return _encode_runs(input, out, stop, run, self._scan.encode_find, self.errors)
+            return _encode_careful(input, self.errors, self._scan.encode_find)
         return _encode(input, self.errors, self._scan)
 
 

@@ -11,8 +11,9 @@ places where one compiled character class — "anything that is *not* its own
 code" — matches. The same sets also give 65,536-entry flag tables for the
 optional C scanner (``_scan.c``), which finds those places ten times faster
 than the regex, and 65,536-entry unit tables with which it also converts the
-one-for-one runs between them (and, decoding, the multi-unit spellings). ``scanner(name)`` bundles either kind for the
-codec, which chooses one (see ``codec.py``).
+one-for-one runs between them, and with sequence tables the multi-unit and
+astral spellings too. ``scanner(name)`` bundles either kind for the codec,
+which chooses one (see ``codec.py``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class Tables:
     then per number two native ``uint32`` code points (the second 0 for a
     single character). About 5,200 codes: 172 KiB, where a flat table of two
     code points per unit would take 512 KiB.
+
+    ``encode_sequences`` holds every other spelling, so that C encodes
+    variation sequences and astral kanji too: per spelling three native
+    ``uint32`` (first code point, second or 0, code), sorted, for a binary
+    search (about 9,900 spellings, 116 KiB). A flat table indexed by code
+    point would have to cover the astral planes.
     """
 
     encode: Mapping[str, bytes]
@@ -98,6 +105,7 @@ class Tables:
     encode_units: bytes
     decode_units: bytes
     decode_sequences: bytes
+    encode_sequences: bytes
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,28 @@ def _decode_sequences(decode: Mapping[int, str]) -> bytes:
     return numbers.tobytes() + points.tobytes()
 
 
+def _encode_sequences(encode: Mapping[str, bytes]) -> bytes:
+    entries = []
+    for s, unit in encode.items():
+        # C pairs a base with the selector after it, as codec._spelling_bounds
+        # does, and never encodes a selector on its own.
+        if (
+            s[0] in VARIATION_SELECTORS
+            or len(s) > 2
+            or (len(s) == 2 and s[1] not in VARIATION_SELECTORS)
+        ):
+            raise ValueError(f"{s!r}: not a character with an optional variation selector")
+        if len(s) == 1 and ord(s) < 0x10000:
+            continue  # one-for-one: in encode_units
+        entries.append((ord(s[0]), ord(s[1]) if len(s) == 2 else 0, int.from_bytes(unit)))
+    table = array.array("I")  # native byte order, as C reads it
+    if table.itemsize != 4:  # pragma: no cover - every platform CPython runs on
+        raise RuntimeError("array 'I' is not 32 bits here: no table for the C encoder")
+    for entry in sorted(entries):
+        table.extend(entry)
+    return table.tobytes()
+
+
 def _range(a: int, b: int) -> str:
     return f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}"
 
@@ -226,6 +256,7 @@ def tables() -> Tables:
         encode_units=_encode_units(encode),
         decode_units=_decode_units(decode),
         decode_sequences=_decode_sequences(decode),
+        encode_sequences=_encode_sequences(encode),
     )
 
 
@@ -245,8 +276,8 @@ class Scanner:
     the regex scanner, whose callers keep the find-and-splice loops) return
     ``(output, stop)``: the conversion from ``start`` to ``stop``, where the
     caller takes over (the end when it is all done; for decoding, byte
-    offsets). Encoding stops at anything that is not one-for-one; decoding
-    only at a unit that is not a code. ``parse_row`` (None for the regex
+    offsets). Both stop only where there is no code: encoding at a spelling
+    without one, decoding at a unit that is not a code. ``parse_row`` (None for the regex
     scanner) is the notice file's common row in one call. See ``_scan.c``.
 
     ``has_control(texts)`` says whether any of the strings holds a control
@@ -308,7 +339,7 @@ def scanner(name: str) -> Scanner:
             functools.partial(_scan.find_special_str, t.encode_flags),
             functools.partial(_scan.find_special_str, t.decode_flags),
             functools.partial(_scan.any_flagged, _control_flags()),
-            functools.partial(_scan.encode_run, t.encode_units),
+            functools.partial(_scan.encode_run, t.encode_units, t.encode_sequences),
             functools.partial(_scan.decode_run, t.decode_units, t.decode_sequences),
             functools.partial(_scan.parse_row, t.decode_units, t.decode_sequences),
         )

@@ -1,7 +1,7 @@
 """The juki codec's C extension (``common.juki._scan``) against its regex fallback.
 
-The extension finds characters and converts the one-for-one runs between
-them; the codec gives the same answers with either scanner. These tests check
+The extension finds characters and converts every spelling with a code
+(one-for-one characters, variation sequences, astral kanji); the codec gives the same answers with either scanner. These tests check
 that the extension is built here, that its scanner agrees with the regex on
 every edge of the C loop (string kinds, surrogates, unroll boundaries, start
 positions), that its runs agree with a plain-Python model over the mapping
@@ -513,14 +513,21 @@ BLOCK_EDGES = [4095, 4096, 4097, 16383, 16384, 16385, 65535, 65536, 65537, 70001
 
 
 def model_encode_run(text: str, start: int) -> tuple[bytes, int]:
-    """What ``encode_run`` must return, from ``Tables.encode`` alone."""
-    start = min(max(start, 0), len(text))
-    stop = start
-    while stop < len(text) and ord(text[stop]) < 0x10000 and text[stop] in T.encode:
-        stop += 1
-    if start < stop < len(text) and text[stop] in VARIATION_SELECTORS:
-        stop -= 1  # hand back the base with its selector
-    return b"".join(T.encode[c] for c in text[start:stop]), stop
+    """What ``encode_run`` must return, from ``Tables.encode`` alone.
+
+    Spelling by spelling as ``codec._spelling_bounds`` cuts them: a
+    character with the selector after it, if any; a selector is never a base.
+    """
+    stop = min(max(start, 0), len(text))
+    out = []
+    while stop < len(text) and text[stop] not in VARIATION_SELECTORS:
+        end = stop + 2 if text[stop + 1 : stop + 2] in VARIATION_SELECTORS else stop + 1
+        unit = T.encode.get(text[stop:end])
+        if unit is None:
+            break
+        out.append(unit)
+        stop = end
+    return b"".join(out), stop
 
 
 def model_decode_run(data: bytes, start: int) -> tuple[str, int]:
@@ -537,7 +544,7 @@ def model_decode_run(data: bytes, start: int) -> tuple[str, int]:
 
 
 def encode_run(text: str, start: int = 0) -> tuple[bytes, int]:
-    return _scan.encode_run(T.encode_units, text, start)
+    return _scan.encode_run(T.encode_units, T.encode_sequences, text, start)
 
 
 def decode_run(data: object, start: int = 0) -> tuple[str, int]:
@@ -580,19 +587,34 @@ def test_unit_tables_hold_exactly_the_one_for_one_cases() -> None:
         ("佐々木", 0, units(0x4F50, 0xAD1D, 0x6728), 3),  # 々 is J+AD1D
         ("山가", 0, units(0x5C71), 1),  # Hangul has no code
         ("a\ud800", 0, units(0x61), 1),
-        ("a辻\U000e0103b", 0, units(0x61), 1),  # back to the base of the selector
-        ("a辻\U000e0103b", 1, b"", 1),
+        ("a辻\U000e0103b", 0, units(0x61, 0xBC2F, 0x62), 4),  # 辻 + IVS is J+BC2F
+        ("a辻\U000e0103b", 1, units(0xBC2F, 0x62), 4),
         ("a辻\U000e0103b", 2, b"", 2),  # a selector at start stands alone
         ("a辻\U000e0103b", 3, units(0x62), 4),
+        ("辻\U000e0103\U000e0103", 0, units(0xBC2F), 2),  # doubled: the second is alone
+        ("辻\U000e0103辻\U000e0102", 0, units(0xBC2F, 0x8FBB), 4),  # two in a row
+        ("a辻\U000e0103", 0, units(0x61, 0xBC2F), 3),  # a selector at the end
+        ("\U000e0103a", 0, b"", 0),
+        ("\U000e0103", 0, b"", 0),
+        ("山\U000e0100", 0, b"", 0),  # 山 alone has a code; this sequence none
+        ("a山\U000e0100", 0, units(0x61), 1),  # stop at the base, not the selector
         ("々\ufe00", 0, b"", 0),  # SVS too, also after a table-mapped base
+        ("\u6b04\ufe00x", 0, units(0xF91D, 0x78), 3),  # an SVS spelling
+        ("\ufe00\ufe00", 0, b"", 0),  # a selector is never a base
         ("a\ufe0f", 0, b"", 0),
         ("a\U000e01ef", 0, b"", 0),
         ("a\ufdff", 0, units(0x61), 1),  # the neighbours of the selector ranges
         ("a\ufe10", 0, units(0x61), 1),
         ("a\U000e00ff", 0, units(0x61), 1),
         ("a\U000e01f0", 0, units(0x61), 1),
-        ("a𠮷b", 0, units(0x61), 1),  # astral: handed back even with a code (J+AEAC)
+        ("a𠮷b", 0, units(0x61, 0xAEAC, 0x62), 3),  # astral: J+AEAC
         ("𠮷ab", 1, units(0x61, 0x62), 3),  # 4-byte kind
+        ("樹\U000e0101𠮷々", 0, units(0xB39E, 0xAEAC, 0xAD1D), 4),
+        ("𠮷\ufe00", 0, b"", 0),  # an astral base: this sequence has no code
+        ("a\U0002a6d7b", 0, units(0x61), 1),  # an astral character without a code
+        ("a\U0010ffff", 0, units(0x61), 1),
+        ("a\ud842\udfb7", 0, units(0x61), 1),  # lone surrogates, even as a pair
+        ("辻\U000e0103\ud800", 0, units(0xBC2F), 2),
     ],
 )
 def test_encode_run_known(text: str, start: int, expected: bytes, stop: int) -> None:
@@ -632,17 +654,27 @@ def test_decode_run_known(data: bytes, start: int, expected: str, stop: int) -> 
     assert got_stop == stop
 
 
-@pytest.mark.parametrize("size", BLOCK_EDGES)
+@pytest.mark.parametrize("size", [4094, *BLOCK_EDGES])
 @pytest.mark.parametrize("filler", ["a", "¢", "山", "々"])
-@pytest.mark.parametrize("tail", ["", "々", "é", "辻\U000e0103", "𠮷"])
+@pytest.mark.parametrize(
+    "tail", ["", "々", "é", "辻\U000e0103", "𠮷", "山\U000e0100", "辻\U000e0103\U000e0103"]
+)
 def test_encode_run_across_output_growth(size: int, filler: str, tail: str) -> None:
     # The output grows at 4096, 16384 and 65536 characters; stop just before,
-    # at and after each, in each string kind. 々 goes on; the others stop.
+    # at and after each, in each string kind. 々, the IVS spelling (its base
+    # at, before or after a growth point, its selector on either side) and
+    # the astral kanji go on; é and the sequences without a code stop.
     text = filler * size + tail + "a"
-    rest = {"": units(0x61), "々": units(0xAD1D, 0x61)}.get(tail, b"")
+    codes = {"": (), "々": (0xAD1D,), "辻\U000e0103": (0xBC2F,), "𠮷": (0xAEAC,)}
+    stops = {"é": 0, "山\U000e0100": 0, "辻\U000e0103\U000e0103": 2}
     for start in (0, 1, size - 1):
-        expected = T.encode[filler] * (size - start) + rest
-        assert encode_run(text, start) == (expected, len(text) if rest else size)
+        expected = T.encode[filler] * (size - start)
+        if tail in codes:
+            expected += units(*codes[tail], 0x61)
+            assert encode_run(text, start) == (expected, len(text))
+        else:
+            expected += units(0xBC2F) if stops[tail] else b""
+            assert encode_run(text, start) == (expected, size + stops[tail])
 
 
 @pytest.mark.parametrize("size", BLOCK_EDGES)
@@ -702,9 +734,9 @@ def test_runs_bad_arguments() -> None:
         short = functools.partial(_scan.decode_run, table[:-1], T.decode_sequences)
         flags = functools.partial(_scan.decode_run, T.encode_flags, T.decode_sequences)
         if run is _scan.encode_run:
-            run = functools.partial(_scan.encode_run, table)
-            short = functools.partial(_scan.encode_run, table[:-1])
-            flags = functools.partial(_scan.encode_run, T.encode_flags)
+            run = functools.partial(_scan.encode_run, table, T.encode_sequences)
+            short = functools.partial(_scan.encode_run, table[:-1], T.encode_sequences)
+            flags = functools.partial(_scan.encode_run, T.encode_flags, T.encode_sequences)
         assert run(good_text, 0)[1] > 0
         with pytest.raises(ValueError, match="131072"):
             short(good_text, 0)
@@ -717,7 +749,12 @@ def test_runs_bad_arguments() -> None:
         with pytest.raises(OverflowError):
             run(good_text, 2**63)
     with pytest.raises(TypeError, match="must be str"):
-        _scan.encode_run(T.encode_units, b"a", 0)
+        _scan.encode_run(T.encode_units, T.encode_sequences, b"a", 0)
+    with pytest.raises(TypeError, match="4 positional"):
+        _scan.encode_run(T.encode_units, "a", 0)
+    for bad in [T.encode_sequences[:-4], bytearray(T.encode_sequences), "a"]:
+        with pytest.raises(ValueError, match="spellings must be bytes"):
+            _scan.encode_run(T.encode_units, bad, "a", 0)
     with pytest.raises(TypeError, match="4 positional"):
         _scan.decode_run(T.decode_units, b"\0a", 0)
     for bad in [T.decode_units[:-1], T.decode_sequences[:-4], bytearray(T.decode_sequences)]:
@@ -776,6 +813,110 @@ def test_decode_run_sequences_of_bmp_characters_come_out_narrow() -> None:
         got, stop = _scan.decode_run(T.decode_units, seqs, data, 0)
         assert_same_str(got, expected)
         assert stop == len(data)
+
+
+def test_spelling_table_holds_exactly_the_other_spellings() -> None:
+    entries = array.array("I")
+    entries.frombytes(T.encode_sequences)
+    triples = [tuple(entries[k : k + 3]) for k in range(0, len(entries), 3)]
+    assert triples == sorted(triples)  # the binary search needs them sorted
+    spelled = {chr(a) + (chr(b) if b else ""): code.to_bytes(2, "big") for a, b, code in triples}
+    expected = {s: u for s, u in T.encode.items() if not (len(s) == 1 and ord(s) < 0x10000)}
+    assert spelled == expected
+    assert len(expected) > 9000  # IVS/SVS spellings and astral kanji of the MJ table
+
+
+def spelling_table(*entries: tuple[int, int, int]) -> bytes:
+    """A hand-made spelling table: (first, second or 0, code) triples, as given."""
+    return array.array("I", [x for e in entries for x in e]).tobytes()
+
+
+def test_encode_run_never_trusts_a_bad_spelling_table() -> None:
+    # A code of 0 or above 0xFFFF is no code; an unsorted table only fails
+    # to find; an empty one finds nothing. Nothing is read past the table.
+    ivs, astral = (0x8FBB, 0xE0103), (0x20BB7, 0)
+    for bad in [
+        spelling_table((*ivs, 0), (*astral, 0x1_0000)),
+        spelling_table((*ivs, 0xFFFF_FFFF), (*astral, 0x10_AEAC)),
+        b"",
+    ]:
+        for text in ("a辻\U000e0103b", "a𠮷b"):
+            assert _scan.encode_run(T.encode_units, bad, text, 0) == (units(0x61), 1)
+    unsorted = spelling_table((0x20BB7, 0, 0xAEAC), (0x10, 0, 0x1), (0x8FBB, 0xE0103, 0xBC2F))
+    assert _scan.encode_run(T.encode_units, unsorted, "a𠮷", 0) == (units(0x61), 1)
+    one = spelling_table((0x41, 0xFE00, 0x1234), (0x20BB7, 0, 0xAEAC))  # any code it holds
+    got = _scan.encode_run(T.encode_units, one, "A\ufe00𠮷A", 0)
+    assert got == (units(0x1234, 0xAEAC, 0x41), 4)
+
+
+def test_tables_refuse_a_selector_spelled_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # C never encodes a selector on its own (codec._spelling_bounds never
+    # makes one a base), so no table may give one a code.
+    import common.juki.tables as tables_module
+
+    real_rows = tables_module._rows
+
+    def with_selector(name: str) -> list[list[str]]:
+        extra = [["FE00", "FE00", "VS1"]] if name == "nonkanji.csv" else []
+        return real_rows(name) + extra
+
+    monkeypatch.setattr(tables_module, "_rows", with_selector)
+    with pytest.raises(ValueError, match="optional variation selector"):
+        tables_module.tables.__wrapped__()
+
+
+ENCODE_LEAK_SCRIPT = r"""
+import functools, sys
+from common.juki import _scan
+from common.juki.tables import tables
+
+T = tables()
+run = functools.partial(_scan.encode_run, T.encode_units, T.encode_sequences)
+cases = [
+    lambda: run("a佐々木辻\U000e0103𠮷b" * 50, 0),
+    lambda: run("山" * 4100 + "辻\U000e0103" + "a" * 100, 0),  # past a growth point
+    lambda: run("a辻\U000e0103\U000e0103b", 0),
+    lambda: run("a\ud800b", 0),
+    lambda: run("𠮷\ufe00", 0),
+    lambda: run("abc", 2**63),
+    lambda: run(b"abc", 0),
+    lambda: _scan.encode_run(T.encode_units, b"short", "a", 0),
+    lambda: _scan.encode_run(T.encode_units, "a", 0),
+]
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+def loop(n):
+    for case in cases:
+        for _ in range(n):
+            try:
+                case()
+            except Exception:
+                pass
+
+loop(2000)
+blocks, before = sys.getallocatedblocks(), rss()
+loop(int(sys.argv[1]))
+print(sys.getallocatedblocks() - blocks, rss() - before)
+"""
+
+
+def test_encode_run_leaks_nothing() -> None:
+    # Every path of encode_run (growth, sequences, each stop, each argument
+    # error), 10^5 times each in a process of its own, as test_row_scan does
+    # for the decoder: allocated blocks and the resident set stay put.
+    run = subprocess.run(
+        [sys.executable, "-c", ENCODE_LEAK_SCRIPT, "100000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    blocks, rss = map(int, run.stdout.split())
+    assert abs(blocks) < 200, blocks  # a leak of one object per call would be 100,000
+    assert rss < 4 * 1024 * 1024, rss
 
 
 @settings(max_examples=300, deadline=None)
@@ -914,3 +1055,53 @@ def test_moving_handlers_same_with_either_scanner(text: str, errors: str) -> Non
     )  # every character's code point as a unit: many invalid
     for final in (False, True):
         with_both(codec.decode_chunk, data, errors, final=final, offset=3)
+
+
+# --- encoding in C: variation sequences and astral kanji, valid and not ----------------------
+
+PAIRS = [s for s in SPELLINGS if len(s) == 2]
+BASES = sorted({s[0] for s in PAIRS})
+ASTRAL = [s for s in SPELLINGS if ord(s[0]) > 0xFFFF]
+
+
+def variant_text() -> st.SearchStrategy[str]:
+    """Text dense in what ``encode_run`` now spells in C, valid and not.
+
+    Sequences with and without a code (a base with a selector it does not
+    take), astral kanji with and without one, selectors at the start, the end
+    and doubled, lone surrogates (a high one before an astral character too).
+    """
+    piece = st.one_of(
+        st.sampled_from(PAIRS),
+        st.sampled_from(ASTRAL),
+        st.sampled_from(MAPPED),
+        st.sampled_from(IDENTITY),
+        st.tuples(st.sampled_from(BASES + ASTRAL + IDENTITY[:200]), st.sampled_from(SELECTORS)).map(
+            "".join
+        ),
+        st.sampled_from(SELECTORS),
+        st.sampled_from(SELECTORS).map(lambda v: v * 2),
+        st.integers(0xD800, 0xDFFF).map(chr),
+        st.integers(0x20000, 0x3134F).map(chr),
+    )
+    return st.tuples(
+        st.sampled_from(["", *SELECTORS[:2], SELECTORS[-1]]),
+        st.lists(piece, max_size=30).map("".join),
+        st.sampled_from(["", *SELECTORS[:2], SELECTORS[-1], "\ud800"]),
+    ).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(variant_text(), st.sampled_from(ERRORS + MOVING_HANDLERS))
+def test_variants_encode_same_with_either_scanner(text: str, errors: str) -> None:
+    # Identical bytes, or identical errors (positions, reasons, messages).
+    with_both(juki.encode, text)
+    with_both(codec.encode_with, text, errors)
+    with_both(lambda: juki.IncrementalEncoder(errors).encode(text))
+    with_both(juki.unencodable, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(variant_text(), st.integers(-3, 60))
+def test_variants_encode_run_equals_model(text: str, start: int) -> None:
+    assert encode_run(text, start) == model_encode_run(text, start)
