@@ -28,10 +28,6 @@ SQLITE_ONLY: dict[str, str] = {
     "tests/server/test_storage.py::test_sqlite_runs_in_wal_with_foreign_keys": (
         "checks SQLite's pragmas (WAL, foreign keys, synchronous=FULL)"
     ),
-    "tests/server/test_eventlog.py::test_a_whole_day_logs_no_personal_data": (
-        "its CLI subprocesses get only RENKEI_SERVER_DATA_DIR, so they open the data folder's "
-        "SQLite file (to run on PostgreSQL: pass RENKEI_SERVER_DATABASE_URL in run_cli's env)"
-    ),
 }
 
 

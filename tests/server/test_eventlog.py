@@ -22,7 +22,6 @@ import ssl
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -33,6 +32,7 @@ from common.items import MINISTRY, MUNICIPALITY
 from common.noticefile import encode_notice_file, records_to_jsonl
 from common.synthetic import SampleFactory
 from server import eventlog
+from server.config import ServerConfig
 from server.storage import business_day
 from tests.server.client import ROOT, GunicornProcess
 from tests.server.conftest import API_A, API_B, api_init_data
@@ -156,11 +156,16 @@ class Web:
             conn.close()
 
 
-def run_cli(data_dir: Path, log: io.StringIO, *args: str, stdin: str | None = None, env=None):  # type: ignore[no-untyped-def]
+def run_cli(config: ServerConfig, log: io.StringIO, *args: str, stdin: str | None = None, env=None):  # type: ignore[no-untyped-def]
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", *args],
         cwd=ROOT,
-        env={"RENKEI_SERVER_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", **(env or {})},
+        env={
+            "RENKEI_SERVER_DATA_DIR": str(config.data_dir),
+            "RENKEI_SERVER_DATABASE_URL": config.database_url,  # SQLite file or the test's PG
+            "PATH": "/usr/bin:/bin",
+            **(env or {}),
+        },
         input=stdin,
         capture_output=True,
         text=True,
@@ -183,14 +188,14 @@ def test_a_whole_day_logs_no_personal_data(tmp_path):  # type: ignore[no-untyped
     records_to_jsonl(MINISTRY, ministry, jsonl)
     notices = tmp_path / "notices.jsonl"
     notices.write_text(jsonl.getvalue(), encoding="utf-8")
-    run_cli(data_dir, cli_output, "import", str(notices))
-    run_cli(data_dir, cli_output, "close-day")
+    run_cli(config, cli_output, "import", str(notices))
+    run_cli(config, cli_output, "close-day")
     contacts = tmp_path / "contacts.csv"
     contacts.write_text(f"lasdec,address\n{API_A},juki@city.example.lg.jp\n", encoding="utf-8")
-    run_cli(data_dir, cli_output, "operator", "add", "tanaka", "--password-stdin",
+    run_cli(config, cli_output, "operator", "add", "tanaka", "--password-stdin",
             stdin="correct horse battery staple\n")  # fmt: skip
     token = json.loads(
-        run_cli(data_dir, cli_output, "terminal", "token", "--lasdec", API_A, "--json").stdout
+        run_cli(config, cli_output, "terminal", "token", "--lasdec", API_A, "--json").stdout
     )["token"]
 
     uploaded = list(SampleFactory(seed=43, day=today).day_of(MUNICIPALITY, API_A, 6))
@@ -269,7 +274,7 @@ def test_a_whole_day_logs_no_personal_data(tmp_path):  # type: ignore[no-untyped
             client.close()
         server.stop()
     run_cli(
-        data_dir,
+        config,
         cli_output,
         "report",
         "--dry-run",
