@@ -455,9 +455,11 @@ def _sqlite_setup(engine: Engine) -> None:
     def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None  # autocommit: we send BEGIN ourselves
         cursor = dbapi_connection.cursor()
+        # The wait first: switching a new database to WAL needs its lock, which another
+        # process setting the same database up (two inits at once) may hold for seconds.
+        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
@@ -502,7 +504,8 @@ class Storage:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
         else:
-            self.engine = sa.create_engine(target)
+            # timeout: the wait for the lock before the pragmas above can set busy_timeout.
+            self.engine = sa.create_engine(target, connect_args={"timeout": 30})
             _sqlite_setup(self.engine)
             self._reader = self.engine.execution_options(sqlite_begin="DEFERRED")
 
