@@ -22,9 +22,11 @@ The signature base is built by the maintained ``http-message-signatures``
 library; this module fixes the profile and turns every refusal into a
 :class:`SignatureError` with a stable ``code``.  Checks run in this order:
 headers present (``sig.missing``), well formed (``sig.malformed``),
-algorithm (``sig.alg``), key known (``sig.unknown_key``), signature valid
-(``sig.invalid``), profile components covered (``sig.components``), nonce
-present (``sig.malformed``), body digest (``sig.digest``), time window
+algorithm (``sig.alg``), key known and usable (``sig.unknown_key``; a key
+``common.ed25519`` refuses, such as a point of small order, is no key),
+signature valid (``sig.invalid``; its form checked by ``common.ed25519``
+first), profile components covered (``sig.components``), nonce present
+(``sig.malformed``), body digest (``sig.digest``), time window
 (``sig.stale``).  The window is checked last so that a ``sig.stale`` always
 comes from a request the terminal really made, unchanged, with its clock
 off: the operator wants to see those, not an attacker's noise.
@@ -53,6 +55,8 @@ from http_message_signatures import (
     algorithms,
 )
 from http_message_signatures.structures import get_header_fields
+
+from common import ed25519
 
 __all__ = [
     "ALG",
@@ -295,7 +299,7 @@ def verify_request(
     a nonce it has seen within the window.
     """
     fields = get_header_fields(headers)
-    label, covered, params, _ = _parse_signature(fields)
+    label, covered, params, value = _parse_signature(fields)
     if "content-digest" not in fields:
         raise SignatureError("Content-Digest header is missing", code="sig.missing")
     public_key = resolve_key(params["keyid"])
@@ -303,6 +307,19 @@ def verify_request(
         raise SignatureError(f"no terminal key has id {params['keyid']!r}", code="sig.unknown_key")
     if not isinstance(public_key, Ed25519PublicKey):
         raise SignatureError("the key for this id is not an Ed25519 key", code="sig.alg")
+    try:
+        ed25519.check_public_key(public_key)
+    except ed25519.Ed25519Error as error:
+        raise SignatureError(
+            f"the key of id {params['keyid']!r} is not usable: {error.message}",
+            code="sig.unknown_key",
+        ) from None
+    try:
+        ed25519.check_signature(value)
+    except ed25519.Ed25519Error as error:
+        raise SignatureError(
+            f"signature does not verify: {error.message}", code="sig.invalid"
+        ) from None
 
     verifier = _Verifier(signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(public_key))
     try:

@@ -34,6 +34,12 @@ followed by the first 16 lowercase hex digits of SHA-256 over the 32 raw
 public key bytes.  Public keys are exchanged as standard base64 of those 32
 raw bytes.
 
+Keys and signatures are checked strictly (``common.ed25519``): a public key
+must be the canonical encoding of a point of prime order L, written in its
+one canonical base64 text; a signature's S must be below L and its R must
+not be a point of small order.  Without that, the identity point would be a
+"key" for which one fixed signature fits every statement.
+
 Canonical form: the JSON Canonicalization Scheme (RFC 8785) restricted to
 values on which every implementation agrees —
 
@@ -67,6 +73,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from common import ed25519
+
 __all__ = [
     "ALG",
     "CONTEXT",
@@ -89,8 +97,10 @@ class StatementError(ValueError):
     """A statement could not be signed or verified.
 
     ``code`` is stable: ``statement.shape`` (not a signed statement, or a body
-    that has no canonical form), ``statement.unknown_key`` (no trusted key has
-    this key id), ``statement.signature`` (the signature does not match).
+    that has no canonical form; a public key text that is no usable key),
+    ``statement.unknown_key`` (no trusted key has this key id, or the one
+    filed under it is not usable), ``statement.signature`` (the signature
+    does not match, or is of a form RFC 8032 or ``common.ed25519`` refuses).
     """
 
     def __init__(self, message: str, *, code: str):
@@ -158,13 +168,31 @@ def public_key_to_text(key: Ed25519PublicKey) -> str:
 
 
 def public_key_from_text(text: str) -> Ed25519PublicKey:
-    """Inverse of :func:`public_key_to_text`; raises StatementError (``statement.shape``)."""
+    """Inverse of :func:`public_key_to_text`; raises StatementError (``statement.shape``).
+
+    Only the one text :func:`public_key_to_text` writes is taken: base64 whose
+    unused low bits are set decodes to the same bytes, so a second text for one
+    key would pass a comparison of texts (a duplicate check, a pinned key).
+    The bytes must be a usable key (:func:`common.ed25519.check_public_key`:
+    canonical, of prime order; no point of small or mixed order).
+    """
+    if not isinstance(text, str):
+        raise StatementError("public key must be text (base64)", code="statement.shape")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError, TypeError) as error:
         raise StatementError("public key is not base64", code="statement.shape") from error
     if len(raw) != 32:
         raise StatementError("an Ed25519 public key has 32 bytes", code="statement.shape")
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise StatementError(
+            "public key is not in canonical base64 (it is another text for the same 32 bytes)",
+            code="statement.shape",
+        )
+    try:
+        ed25519.check_public_key(raw)
+    except ed25519.Ed25519Error as error:
+        raise StatementError(error.message, code="statement.shape") from None
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -236,8 +264,15 @@ def verify(
             f"trusted key filed under {wanted!r} has another id", code="statement.unknown_key"
         )
     try:
+        ed25519.check_public_key(public_key)
+    except ed25519.Ed25519Error as error:
+        raise StatementError(
+            f"trusted key {wanted!r} is not usable: {error.message}", code="statement.unknown_key"
+        ) from None
+    try:
+        ed25519.check_signature(value)
         public_key.verify(value, CONTEXT + message)
-    except InvalidSignature as error:
+    except (ed25519.Ed25519Error, InvalidSignature) as error:
         raise StatementError(
             "signature does not match the statement", code="statement.signature"
         ) from error

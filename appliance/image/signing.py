@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.atomicwrite import atomic_write
+from common.ed25519 import Ed25519Error, check_public_key
 
 from .errors import EXIT_USAGE, BuildError, VerifyError
 
@@ -138,6 +139,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         raise VerifyError(f"{path} is not a PEM key: {exc}", code="verify.key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise VerifyError(f"{path} is not an Ed25519 key", code="verify.key")
+    try:  # a point of small order would let a fixed signature pass for any SHA256SUMS
+        check_public_key(key)
+    except Ed25519Error as exc:
+        raise VerifyError(f"{path}: {exc.message}", code="verify.key") from None
     return key
 
 

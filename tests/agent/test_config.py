@@ -27,6 +27,12 @@ from common import statement
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "appliance" / "rootfs" / "etc" / "renkei" / "agent.toml.example"
 SERVER_KEY = statement.public_key_to_text(Ed25519PrivateKey.generate().public_key())
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_FIXED_KEY = statement.public_key_to_text(
+    Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+)
+#: The same 32 bytes as _FIXED_KEY in other base64: the last digit's two low bits are unused.
+OTHER_TEXT = _FIXED_KEY[:42] + _B64[_B64.index(_FIXED_KEY[42]) ^ 1] + "="
 
 
 def _toml_value(value: Any) -> str:
@@ -231,6 +237,9 @@ BAD = [
     ("key_path", 5, "key_path", "text"),
     ("server_key", "not base64!", "server_key", "server's public key"),
     ("server_key", "AAAA", "server_key", "32"),
+    ("server_key", "AQ" + "A" * 41 + "=", "server_key", "small order"),  # the identity point
+    ("server_key", "7v" + "/" * 39 + "38=", "server_key", "canonical"),  # identity, y + p
+    ("server_key", OTHER_TEXT, "server_key", "canonical"),
     ("ca_file", "nope.pem", "ca_file", "no such file"),
     ("dns_servers", ["dns.example"], "dns_servers", "IP address"),
     ("dns_servers", ["10.1.2.3:0"], "dns_servers", "between 1 and 65535"),

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tuf.api import exceptions as tuf_errors
 
 from appliance.agent.config import ConfigError, UpdateConfig, load_config
@@ -23,6 +24,7 @@ from appliance.agent.install import InstallError, Limits, Releases
 from appliance.agent.update_fetch import TransportFetcher
 from appliance.agent.update_state import StateStore, UpdateState, lock
 from appliance.agent.update_version import Version, target_name, version_of_target
+from common import statement
 from tests.agent.update_support import fake_bundle
 
 PREFIX = "/opt/renkei/releases/0.2.0"
@@ -372,13 +374,17 @@ def test_the_fetcher_asks_only_for_names_the_contract_allows(url, path):
 # --- [update] in agent.toml ------------------------------------------------------------------
 
 
+#: A real public key: the configuration refuses points of small order such as 32 zero bytes.
+_SERVER_KEY = statement.public_key_to_text(Ed25519PrivateKey.generate().public_key())
+
+
 def _config(tmp_path: Path, update: str) -> Path:
     key = tmp_path / "key.pem"
     key.write_text("not read here")
     path = tmp_path / "agent.toml"
     path.write_text(
         'server_url = "https://renkei.test"\nlasdec = "131016"\nterminal_id = "t_1"\n'
-        f'key_path = "{key}"\nserver_key = "{"A" * 43}="\n' + update,
+        f'key_path = "{key}"\nserver_key = "{_SERVER_KEY}"\n' + update,
         encoding="utf-8",
     )
     return path

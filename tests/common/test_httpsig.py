@@ -6,11 +6,18 @@ import base64
 import re
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from common import httpsig
+from common import ed25519, httpsig
 from common.httpsig import COVERED, SignatureError, VerifiedRequest
+from tests.common.test_ed25519 import (
+    CANONICAL_SMALL,
+    EVERYTHING,
+    IDENTITY,
+    SECOND_SMALL,
+    IdentityRSigner,
+)
 
 # RFC 9421 Appendix B.1.4, "Example Ed25519 Test Key" (test-key-ed25519).
 RFC_PRIVATE_PEM = b"""-----BEGIN PRIVATE KEY-----
@@ -409,3 +416,42 @@ def test_no_clock_is_read(monkeypatch):
     monkeypatch.setattr(library, "datetime", NoClock)
     assert verify(*signed_request(created=NOW - 200)).created == NOW - 200
     assert refusal(*signed_request(created=NOW - 400)) == "sig.stale"
+
+
+# --- keys nobody holds, and signatures that prove nothing (issue #18) -----------------------
+
+
+def _with_signature(headers, value: bytes):
+    return headers | {"Signature": f"renkei=:{base64.b64encode(value).decode()}:"}
+
+
+def test_the_identity_key_with_the_signature_that_fits_everything_is_an_unknown_key():
+    method, url, headers, body = signed_request()
+    identity = Ed25519PublicKey.from_public_bytes(IDENTITY)
+    forged = _with_signature(headers, EVERYTHING)
+    assert refusal(method, url, forged, body, resolve_key=lambda _: identity) == "sig.unknown_key"
+
+
+@pytest.mark.parametrize("name", [*CANONICAL_SMALL, *SECOND_SMALL])
+def test_a_small_order_key_is_an_unknown_key(name):
+    weak = Ed25519PublicKey.from_public_bytes({**CANONICAL_SMALL, **SECOND_SMALL}[name])
+    assert refusal(*signed_request(), resolve_key=lambda _: weak) == "sig.unknown_key"
+
+
+def test_a_signature_with_a_small_order_r_is_invalid():
+    seed = bytes(range(32))  # KEY's
+    headers = {"Content-Type": "text/csv"}
+    headers |= httpsig.sign_request(
+        "POST", URL, headers, BODY, key_id=KEY_ID, private_key=IdentityRSigner(seed),
+        created=NOW, nonce=NONCE,
+    )  # fmt: skip
+    assert base64.b64decode(headers["Signature"][8:-1])[:32] == IDENTITY
+    assert refusal("POST", URL, headers, BODY) == "sig.invalid"
+
+
+def test_a_signature_with_s_plus_l_is_invalid():
+    method, url, headers, body = signed_request()
+    value = base64.b64decode(headers["Signature"][len("renkei=:") : -1])
+    s = int.from_bytes(value[32:], "little") + ed25519.L
+    forged = _with_signature(headers, value[:32] + s.to_bytes(32, "little"))
+    assert refusal(method, url, forged, body) == "sig.invalid"

@@ -7,11 +7,19 @@ import copy
 import hashlib
 import json
 
+import nacl.bindings as sodium
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common import statement
+from common import ed25519, statement
 from common.statement import StatementError
+from tests.common.test_ed25519 import (
+    CANONICAL_SMALL,
+    EVERYTHING,
+    IDENTITY,
+    SECOND_SMALL,
+    identity_r_signature,
+)
 
 SERVER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OLD_SERVER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
@@ -264,3 +272,67 @@ def test_bad_public_key_text_is_refused(text):
     with pytest.raises(StatementError) as caught:
         statement.public_key_from_text(text)
     assert caught.value.code == "statement.shape"
+
+
+# --- keys nobody holds, and signatures that prove nothing (issue #18) -----------------------
+
+SMALL_ORDER_TEXTS = {
+    name: base64.b64encode(encoded).decode("ascii")
+    for name, encoded in {**CANONICAL_SMALL, **SECOND_SMALL}.items()
+}
+
+
+@pytest.mark.parametrize("name", SMALL_ORDER_TEXTS)
+def test_a_small_order_point_is_no_public_key(name):
+    with pytest.raises(StatementError) as caught:
+        statement.public_key_from_text(SMALL_ORDER_TEXTS[name])
+    assert caught.value.code == "statement.shape"
+    assert "small order" in caught.value.message or "canonical" in caught.value.message
+
+
+def test_a_mixed_order_point_is_no_public_key():
+    proper = SERVER_KEY.public_key().public_bytes_raw()
+    mixed = sodium.crypto_core_ed25519_add(proper, CANONICAL_SMALL["order 8, a"])
+    with pytest.raises(StatementError, match="mixed order"):
+        statement.public_key_from_text(base64.b64encode(mixed).decode())
+
+
+def _other_base64_of_the_same_bytes(text: str) -> str:
+    """32 bytes are 43 base64 digits and '=': the last digit's two low bits are unused."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(text[42])
+    return text[:42] + alphabet[last ^ 1] + text[43:]
+
+
+def test_a_key_has_one_text_only():
+    text = statement.public_key_to_text(SERVER_KEY.public_key())
+    other = _other_base64_of_the_same_bytes(text)
+    assert other != text and base64.b64decode(other) == base64.b64decode(text)
+    with pytest.raises(StatementError, match="canonical base64"):
+        statement.public_key_from_text(other)
+
+
+def test_the_identity_key_and_the_signature_that_fits_every_statement_are_refused():
+    forged = statement.sign(MANIFEST, SERVER_KEY)
+    identity = Ed25519PublicKey.from_public_bytes(IDENTITY)
+    forged["signature"]["key_id"] = statement.key_id(identity)
+    forged["signature"]["value"] = base64.b64encode(EVERYTHING).decode()
+    assert code_of(forged, identity) == "statement.unknown_key"
+    assert code_of(forged, {statement.key_id(identity): identity}) == "statement.unknown_key"
+
+
+def test_a_signature_with_a_small_order_r_is_refused():
+    seed = bytes(range(32))  # SERVER_KEY's
+    signed = statement.sign(MANIFEST, SERVER_KEY)
+    value = identity_r_signature(seed, statement.CONTEXT + statement.canonical_bytes(MANIFEST))
+    SERVER_KEY.public_key().verify(value, statement.CONTEXT + statement.canonical_bytes(MANIFEST))
+    signed["signature"]["value"] = base64.b64encode(value).decode()
+    assert code_of(signed, trusted(SERVER_KEY)) == "statement.signature"
+
+
+def test_a_signature_with_s_plus_l_is_refused():
+    signed = statement.sign(MANIFEST, SERVER_KEY)
+    value = base64.b64decode(signed["signature"]["value"])
+    s = int.from_bytes(value[32:], "little") + ed25519.L
+    signed["signature"]["value"] = base64.b64encode(value[:32] + s.to_bytes(32, "little")).decode()
+    assert code_of(signed, trusted(SERVER_KEY)) == "statement.signature"

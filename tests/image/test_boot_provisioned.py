@@ -28,6 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from common import statement
 from provisioning.render import Enrollment, render_agent_toml
 from provisioning.settings import parse_settings
 from tests.image.boot import boot_appliance, sftp
@@ -89,7 +90,8 @@ def provisioned(request, tmp_path_factory) -> Provisioned:  # type: ignore[no-un
             serialization.NoEncryption(),
         ).decode()
         c.write("/var/lib/renkei/terminal-key.pem", pem, 0o600, "renkei-agent:renkei-agent")
-        enrollment = Enrollment(terminal_id="t_0123456789abcdef", server_key="A" * 43 + "=")
+        server_key = statement.public_key_to_text(Ed25519PrivateKey.generate().public_key())
+        enrollment = Enrollment(terminal_id="t_0123456789abcdef", server_key=server_key)
         toml = render_agent_toml(parse_settings(base_settings()), enrollment)
         c.write("/etc/renkei/agent.toml", toml, 0o640, "root:renkei-agent")
         c.run("networkctl", "reload")

@@ -13,13 +13,15 @@ import stat
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.image import bootstrap, rootfs
 from appliance.image.checksums import file_sha256, parse_sums, render_sums
 from appliance.image.errors import BuildError, VerifyError
 from appliance.image.manifest import parse_dpkg_status
 from appliance.image.packages import PACKAGES_FILE, load_packages, parse_packages
+from appliance.image.signing import load_public_key
 from appliance.image.verify import verify_dist
 from appliance.image.wheels import (
     BUILD_LOCK,
@@ -441,3 +443,13 @@ def test_every_image_command_has_help_with_an_example() -> None:
     assert main.help and "Example" in main.help
     for name, command in main.commands.items():
         assert command.help and "Example" in command.help, name
+
+
+def test_a_public_key_of_small_order_is_refused(tmp_path: Path) -> None:
+    """Issue #18: under the identity point one fixed signature fits any SHA256SUMS."""
+    identity = Ed25519PublicKey.from_public_bytes(bytes([1]) + bytes(31))
+    pem = tmp_path / "identity.pub.pem"
+    pem.write_bytes(identity.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(VerifyError, match="small order") as caught:
+        load_public_key(pem)
+    assert caught.value.code == "verify.key"
