@@ -96,8 +96,9 @@ REASONS: dict[str, tuple[str, str]] = {
         "ファイル名にフォルダの区切り文字（/ または \\）が含まれています",
     ),
     "name.control": (
-        "the file name contains a control character (line break, tab, direction mark …)",
-        "ファイル名に制御文字（改行・タブ・文字の向きを変える記号など）が含まれています",
+        "the file name contains a control or format character (line break, tab, direction mark, "
+        "zero-width space …)",
+        "ファイル名に制御文字（改行・タブ・文字の向きを変える記号・幅のない空白など）が含まれています",
     ),
     "name.encoding": (
         "the file name is not valid UTF-8 (it may be in Shift_JIS)",
@@ -120,8 +121,11 @@ REASONS: dict[str, tuple[str, str]] = {
 # Suffixes and names of files that are still being written or are not documents.
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp")
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
-# Unicode direction controls can make "txt.exe" display as "exe.txt": refused like C0/C1.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Characters a name must not hold (the server refuses them too, 400 upload.file_name): controls
+# (Cc), format characters (Cf: direction controls, which make "txt.exe" display as "exe.txt",
+# zero-width characters, the BOM) and line or paragraph separators.  Lone surrogates (Cs) are
+# bytes that are not UTF-8: name.encoding, repaired by safe_name.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def is_temporary_name(name: str) -> bool:
@@ -144,7 +148,7 @@ def is_temporary_name(name: str) -> bool:
 
 
 def _is_control(char: str) -> bool:
-    return unicodedata.category(char) == "Cc" or char in _BIDI
+    return unicodedata.category(char) in _CONTROL_CATEGORIES
 
 
 def printable_name(name: str) -> str:

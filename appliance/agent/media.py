@@ -499,12 +499,13 @@ def import_from_media(
     device: DeviceId,
     *,
     now: Callable[[], dt.datetime],
+    reporter: str,
     max_bytes: int = 64 * 1024 * 1024,
 ) -> ImportResult:
     """Take the municipality notices in ``media_root/MUNICIPALITY`` into ``outbox``.
 
     Each file is checked as the outbox checks it (name, size,
-    ``outbox.check_notice_file``).  A good one is placed whole in the outbox,
+    ``outbox.check_notice_file`` for the municipality ``reporter``).  A good one is placed whole in the outbox,
     then moved to ``imported/`` on the medium; a bad one gets a Japanese report
     and both go to ``refused/`` on the medium.  Raises MediaError ``media.io``.
     """
@@ -519,7 +520,7 @@ def import_from_media(
                 continue
             if not stat.S_ISREG(dirent.stat(follow_symlinks=False).st_mode):
                 continue
-            result.files.append(_import_one(Path(dirent.path), outbox, folder, max_bytes))
+            result.files.append(_import_one(Path(dirent.path), outbox, folder, max_bytes, reporter))
         if result.files:
             os.sync()
     except OSError as exc:
@@ -538,7 +539,7 @@ def import_from_media(
     return result
 
 
-def _import_one(path: Path, outbox: Path, folder: Path, max_bytes: int) -> FileEntry:
+def _import_one(path: Path, outbox: Path, folder: Path, max_bytes: int, reporter: str) -> FileEntry:
     name = path.name
     problem = check_name(name)
     data = None if problem else _read_limited(path, max_bytes)
@@ -551,7 +552,7 @@ def _import_one(path: Path, outbox: Path, folder: Path, max_bytes: int) -> FileE
         _refuse(path, folder, text)
         return FileEntry(name, size, digest, "refused", problem)
     digest = hashlib.sha256(data).hexdigest()
-    checked = check_notice_file(data, name)
+    checked = check_notice_file(data, name, reporter=reporter)
     if not checked.ok:
         code = checked.file_error["code"] if checked.file_error else "file.records"
         _refuse(path, folder, media_report(name, check=checked))

@@ -270,6 +270,7 @@ def import_cmd(device, mount_point, config_path, as_json) -> None:
             config.state_dir / JOURNAL_NAME,
             mounter.identify(mounted.source),
             now=_now,
+            reporter=config.lasdec,
             max_bytes=config.max_file_bytes,
         )
     except MediaError as exc:

@@ -48,6 +48,7 @@ from common.errors import NoticeFileError
 from common.items import MUNICIPALITY
 from common.noticefile import FORMAT_TAGS, NoticeReader, RowError
 from common.rejections import file_error_entry, rejected_entry, row_error_entry
+from common.reporting import reporting_problem
 from common.validation import validate
 
 from .errors import FolderError
@@ -101,11 +102,14 @@ class LocalCheck:
         return not self.rejected and self.file_error is None
 
 
-def check_notice_file(data: bytes, name: str) -> LocalCheck:
+def check_notice_file(data: bytes, name: str, *, reporter: str) -> LocalCheck:
     """Read ``data`` as a municipality notice file and validate every record, as the server does.
 
     Unreadable lines and invalid records become rejected entries (every problem
     of a record); a file that cannot be read as a whole becomes a file error.
+    ``reporter`` is this terminal's municipality: a record about another's
+    residents is refused here as the server would refuse it
+    (``common.reporting``), so staff hear it before anything is sent.
     """
     rejected: list[dict] = []
     records = 0
@@ -126,6 +130,9 @@ def check_notice_file(data: bytes, name: str) -> LocalCheck:
                 rejected.append(row_error_entry(row))
                 continue
             problems = validate(row, check_encoding=False)
+            refusal = reporting_problem(row, reporter)
+            if refusal is not None:
+                problems = [*problems, refusal]
             if problems:
                 rejected.append(rejected_entry(reader.stats.lines, row.record_id, problems))
     except NoticeFileError as exc:
@@ -320,7 +327,7 @@ class Intake:
         if existing is not None:
             self.duplicate(path, name, existing)
             return
-        checked = check_notice_file(data, name)
+        checked = check_notice_file(data, name, reporter=self.ctx.config.lasdec)
         if not checked.ok:
             text = local_rejection_report(
                 name,

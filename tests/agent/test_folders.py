@@ -110,6 +110,12 @@ def test_good_names(name: str) -> None:
         ("a\x7fb.csv", "name.control"),
         ("a\x85b.csv", "name.control"),  # C1
         ("invoice\u202ecsv.exe", "name.control"),  # right-to-left override
+        # Refused by the server too (400 upload.file_name): other format characters and separators.
+        ("a\u200bb.csv", "name.control"),  # zero-width space
+        ("\ufeffnotice.csv", "name.control"),  # byte order mark
+        ("a\u2028b.csv", "name.control"),  # line separator
+        ("a\u2029b.csv", "name.control"),  # paragraph separator
+        ("a\U000e0041.csv", "name.control"),  # tag character
         (SJIS_NAME, "name.encoding"),
         (".hidden.csv", "name.hidden"),
         ("a" * (MAX_NAME_BYTES - 3) + ".csv", "name.too_long"),

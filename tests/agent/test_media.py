@@ -274,7 +274,9 @@ def test_export_and_import_round_trip(make_loop, site):
     Mounter().eject(loop.where)  # pulled and plugged in again
     mounted = Mounter().attach(loop.device, loop.where)
 
-    imported = m.import_from_media(mounted.where, outbox, journal, DEVICE, now=lambda: NOW)
+    imported = m.import_from_media(
+        mounted.where, outbox, journal, DEVICE, now=lambda: NOW, reporter=LASDEC
+    )
 
     outcomes = {f.name: (f.outcome, f.code) for f in imported.files}
     assert outcomes == {
@@ -301,7 +303,10 @@ def test_export_and_import_round_trip(make_loop, site):
         and "outbox には入れていません" in text
     )
     assert m.read_journal(journal)[-1]["direction"] == "import"
-    assert m.import_from_media(mounted.where, outbox, journal, DEVICE, now=lambda: NOW).files == []
+    again = m.import_from_media(
+        mounted.where, outbox, journal, DEVICE, now=lambda: NOW, reporter=LASDEC
+    )
+    assert again.files == []
 
 
 def test_a_full_medium_leaves_no_file_that_looks_whole(make_loop, site):

@@ -66,8 +66,10 @@ def wait_for(proc: subprocess.Popen[str], word: str) -> list[str]:
 
 
 def kill(proc: subprocess.Popen[str]) -> list[str]:
+    """SIGKILL the child; the whole lines it printed before it died (a line the kill cut short
+    is no report: its end, and so the commit it names, may be missing)."""
     proc.send_signal(signal.SIGKILL)
-    rest = proc.stdout.read().splitlines()
+    rest = proc.stdout.read().split("\n")[:-1]
     proc.wait()
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL

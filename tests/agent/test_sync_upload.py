@@ -214,7 +214,9 @@ def test_a_bad_outbox_file_goes_to_rejected_with_a_japanese_report_and_is_not_se
 
 
 def test_the_local_check_lists_every_bad_record():
-    checked = check_notice_file(notice_file(API_A, 6, "every", bad=(0, 2, 5)), "x.csv")
+    checked = check_notice_file(
+        notice_file(API_A, 6, "every", bad=(0, 2, 5)), "x.csv", reporter=API_A
+    )
     assert not checked.ok and checked.records == 6 and checked.file_error is None
     assert [entry["record_id"] for entry in checked.rejected] == [
         "C-every-00000",
@@ -222,7 +224,17 @@ def test_the_local_check_lists_every_bad_record():
         "C-every-00005",
     ]
     assert all(entry["problems"] for entry in checked.rejected)
-    assert check_notice_file(notice_file(API_A, 3, "fine"), "y.csv").ok
+    assert check_notice_file(notice_file(API_A, 3, "fine"), "y.csv", reporter=API_A).ok
+
+
+def test_the_local_check_refuses_another_municipalitys_records_as_the_server_does():
+    # 中央区's records in 千代田区's outbox: not this terminal's to report (common.reporting).
+    checked = check_notice_file(notice_file(API_B, 3, "theirs"), "z.csv", reporter=API_A)
+    assert not checked.ok and len(checked.rejected) == 3
+    for entry in checked.rejected:
+        codes = [problem["code"] for problem in entry["problems"]]
+        assert codes == ["address.other_municipality"], entry
+        assert "131024" in entry["problems"][0]["message"]  # the code it named, in Japanese
 
 
 def test_the_same_file_dropped_twice_is_sent_once(make_site):
