@@ -52,7 +52,7 @@ from server.config import ServerConfig
 from server.enrollment import enroll, issue_token
 from server.keys import load_or_create_signing_key
 from server.storage import Storage
-from tests.server.client import GunicornProcess
+from tests.server.client import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 LASDEC = "131024"  # 東京都中央区
@@ -184,7 +184,7 @@ def run(records: int = RECORDS) -> dict:
         config = init_server(root / "data", {LASDEC: records})
         bare_terminal, agent_terminal = _terminal(config), _terminal(config)
         bare_file, agent_file = _municipality_file(0, records), _municipality_file(1, records)
-        gunicorn = GunicornProcess(
+        gunicorn = ServerProcess(
             config.data_dir, log_path=root / "gunicorn.log", workers=2, threads=4
         )
         gunicorn.start()

@@ -66,7 +66,7 @@ from server.keys import load_or_create_signing_key
 from server.municipalities import load_master, shipped_master
 from server.storage import Storage, business_day, terminals
 from server.tls import make_dev_ca, make_server_cert
-from tests.server.client import GunicornProcess
+from tests.server.client import ServerProcess
 
 __all__ = ["REAL_WINDOW", "TARGET_SECONDS", "burst", "run", "setup_fleet"]
 
@@ -272,16 +272,21 @@ def burst(
             units=units,
         )
         cpus = os.cpu_count() or 1
-        gunicorn = GunicornProcess(
-            fleet.config.data_dir, log_path=root / "gunicorn.log", workers=2 * cpus + 1, threads=4
+        gunicorn = ServerProcess(  # as shipped: nginx one worker per CPU, gunicorn 2 × CPUs + 1
+            fleet.config.data_dir,
+            log_path=root / "gunicorn.log",
+            workers=2 * cpus + 1,
+            threads=4,
+            front_workers=cpus,
         )
         gunicorn.start()
         try:
             assert gunicorn.process is not None and gunicorn.port is not None
             pgid = gunicorn.process.pid
             spy = profiler.attach(pgid, f"fleet-{count}") if profiler is not None else None
+            groups = gunicorn.process_groups  # the app and its front: the server's whole CPU
             try:
-                with GroupWatch(pgid) as watch:
+                with GroupWatch(groups) as watch:
                     run = run_fleet(
                         "127.0.0.1",
                         gunicorn.port,
@@ -299,7 +304,7 @@ def burst(
             figures["upload_records_each"] = fleet.upload_records
             figures["setup_seconds"] = fleet.setup_seconds
             if floor:
-                with GroupWatch(pgid) as floor_watch:
+                with GroupWatch(groups) as floor_watch:
                     floor_run = run_fleet(
                         "127.0.0.1",
                         gunicorn.port,

@@ -32,7 +32,7 @@ from bench.loadgen import run_fleet
 from bench.procwatch import GroupWatch
 from bench.workload import Unit
 from tests.pgcluster import PgCluster
-from tests.server.client import GunicornProcess
+from tests.server.client import ServerProcess
 
 __all__ = ["TARGET_RATIO", "run"]
 
@@ -73,20 +73,18 @@ def _burst(
     with ExitStack() as stack:
         gunicorns = []
         for number in range(servers):
-            gunicorn = GunicornProcess(
+            gunicorn = ServerProcess(
                 fleet.config.data_dir,
                 log_path=root / f"gunicorn-{number}.log",
                 workers=2 * cpus + 1,  # each as shipped: a second host would run the same
                 threads=4,
+                front_workers=cpus,
                 database_url=url,
             )
             gunicorn.start()
             stack.callback(gunicorn.stop)
             gunicorns.append(gunicorn)
-        watches = [
-            stack.enter_context(GroupWatch(g.process.pid))  # type: ignore[union-attr]
-            for g in gunicorns
-        ]
+        watches = [stack.enter_context(GroupWatch(g.process_groups)) for g in gunicorns]
         database_watch = stack.enter_context(GroupWatch(_postmaster_pid(cluster), tree=True))
         run = run_fleet(
             "127.0.0.1",

@@ -1,7 +1,8 @@
 """CPU time and memory of a group of processes, read from /proc while a benchmark runs.
 
-The server under test is gunicorn: a master and its forked workers, all in
-one process group (``GunicornProcess`` starts it in its own session).  A
+The server under test is two process groups: gunicorn (a master and its
+forked workers) and its front, nginx (a master and its workers); ``ServerProcess``
+starts each in its own session.  A
 sampler thread reads, every ``interval`` seconds, each member's CPU time
 (``/proc/PID/stat`` utime + stime) and memory (``/proc/PID/smaps_rollup``:
 RSS, and PSS — proportional set size, which shares the pages the workers
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,12 +117,14 @@ def tree_members(root: int) -> dict[int, float]:
 class GroupWatch:
     """``with GroupWatch(pgid) as watch: …`` then ``watch.result``.
 
-    ``tree=True``: ``pgid`` is a parent process, watched with its children.
+    ``pgid`` may be several process groups, added up (the server is nginx's
+    group and gunicorn's).  ``tree=True``: each is a parent process, watched
+    with its children.
     """
 
-    def __init__(self, pgid: int, *, interval: float = 0.25, tree: bool = False):
-        self.pgid = pgid
-        self._members = tree_members if tree else group_members
+    def __init__(self, pgid: int | Sequence[int], *, interval: float = 0.25, tree: bool = False):
+        self.pgids = (pgid,) if isinstance(pgid, int) else tuple(pgid)
+        self._members_of = tree_members if tree else group_members
         self.interval = interval
         self.result: WatchResult | None = None
         self._stop = threading.Event()
@@ -132,7 +136,7 @@ class GroupWatch:
         self._started = 0.0
 
     def _sample(self) -> None:
-        members = self._members(self.pgid)
+        members = {pid: cpu for pgid in self.pgids for pid, cpu in self._members_of(pgid).items()}
         for pid, cpu in members.items():
             self._start_cpu.setdefault(pid, 0.0 if self._started_sampling else cpu)
             self._last_cpu[pid] = cpu

@@ -1,7 +1,10 @@
-"""Benchmark: the linkage server under gunicorn, over TLS on loopback, with signing clients.
+"""Benchmark: the linkage server (gunicorn behind its nginx front), over TLS on loopback, with
+signing clients.
 
-Measured in one run on this machine, with the shipped ``server/gunicorn.conf.py``
-(2 × cores + 1 gthread workers) and a real SQLite database:
+Measured in one run on this machine, as shipped — the front (``renkei-server
+front``: nginx, one worker per core, TLS) passing whole requests to
+``server/gunicorn.conf.py`` (2 × cores + 1 gthread workers) — with a real
+SQLite database:
 
 * ``list_download_ack``: sustained requests/s of a terminal's daily cycle —
   list the batches, download a 1,000-record batch, acknowledge it — from
@@ -9,15 +12,16 @@ Measured in one run on this machine, with the shipped ``server/gunicorn.conf.py`
 * ``upload``: sustained uploads/s (and records/s) of distinct 1,000-record
   municipality notice files, each parsed, validated, stored and receipted;
 * ``download_vs_nginx``: download throughput of the 1,000-record batch from
-  gunicorn (signed, verified, nonce recorded) against Debian's ``nginx``
-  serving the same bytes as a static file over TLS with the same
-  certificate, as a ratio (target ≥ 0.3);
+  the server (signed, verified, nonce recorded, through the front) against
+  Debian's ``nginx`` serving the same bytes as a static file over TLS with
+  the same certificate, as a ratio (target ≥ 0.3);
 * ``download_vs_nginx_large``: the same for a 10,000-record batch, which
   separates the per-request cost (signature check, database) from the cost
   of moving the bytes.
 
-The two sides of a comparison get the same treatment: as many nginx worker
-processes as gunicorn has workers, the same number of client connections
+The two sides of a comparison get the same treatment: as many static nginx
+worker processes as gunicorn has workers (the server's side has its front's
+as well), the same number of client connections
 (one keep-alive connection per client thread on both), one untimed request
 per connection first (so neither side's TLS handshakes are timed), the same
 request count and the same client code reading and checking every body.
@@ -75,7 +79,7 @@ from server.keys import load_or_create_signing_key
 from server.municipalities import load_master, shipped_master
 from server.storage import Storage, business_day
 from server.tls import make_dev_ca, make_server_cert
-from tests.server.client import GunicornProcess, SigningClient, stop_process_group
+from tests.server.client import ServerProcess, SigningClient, stop_process_group
 
 TARGET = 0.3
 DAILY = "131016"  # 東京都千代田区: the 1,000-record batch, the uploads
@@ -364,8 +368,11 @@ def run(
         daily_ids = _terminals(config, DAILY, clients)
         large_ids = _terminals(config, LARGE, clients)
         cpus = os.cpu_count() or 1
-        gunicorn = GunicornProcess(
-            config.data_dir, log_path=root / "gunicorn.log", workers=2 * cpus + 1
+        gunicorn = ServerProcess(  # as shipped: nginx one worker per CPU, gunicorn 2 × CPUs + 1
+            config.data_dir,
+            log_path=root / "gunicorn.log",
+            workers=2 * cpus + 1,
+            front_workers=cpus,
         )
         gunicorn.start()
         daily = [gunicorn.client(key=key, key_id=tid) for tid, key in daily_ids]

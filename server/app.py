@@ -32,6 +32,7 @@ from server.api import register_api
 from server.blobs import BlobStore
 from server.config import ServerConfig, load_config
 from server.keys import load_signing_key
+from server.request_body import LimitedRequest
 from server.storage import Storage
 
 __all__ = ["EXTENSION", "Services", "create_app", "services"]
@@ -81,6 +82,7 @@ def create_app(
     """
     config = load_config() if config is None else config
     app = Flask("server")
+    app.request_class = LimitedRequest  # the body limit holds for chunked bodies too (413)
     # The largest body any request may have; the upload limit.  JSON endpoints
     # lower it per request (server.api.JSON_BODY_LIMIT).
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes

@@ -12,8 +12,6 @@ error) — the rest was done; 2 usage, configuration or I/O error (nothing done)
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import sys
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -23,6 +21,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.atomicwrite import atomic_write
+from common.printable import printable
 from common.statement import key_id, public_key_to_text
 
 from . import tls
@@ -33,6 +32,7 @@ from .cli_options import (
     EXIT_PROBLEMS,
     Failure,
     config_option,
+    echo,
     json_option,
     open_new_storage,
 )
@@ -50,11 +50,10 @@ from .keys import load_or_create_signing_key, load_signing_key
 from .municipalities import get_municipality, load_master
 from .operator_cli import operator_group, report_command
 from .retention import purge
+from .serve_cli import SERVE_COMMANDS
 from .status import server_status
 from .storage import TOKYO, iso_utc
 from .update_cli import UPDATE_COMMANDS
-
-GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,16 +147,16 @@ def init_command(
     if as_json:
         _echo_json(summary)
         return
-    click.echo(f"データフォルダ: {config.data_dir}")
-    click.echo(f"データベース: {storage.safe_url}（適用した移行: {', '.join(applied) or 'なし'}）")
+    echo(f"データフォルダ: {config.data_dir}")
+    echo(f"データベース: {storage.safe_url}（適用した移行: {', '.join(applied) or 'なし'}）")
     state = "作成しました" if not key_existed else "既存の鍵を使います"
-    click.echo(f"署名鍵: {config.signing_key_path}（{state}）key id {summary['key_id']}")
-    click.echo(
+    echo(f"署名鍵: {config.signing_key_path}（{state}）key id {summary['key_id']}")
+    echo(
         f"市区町村マスタ: 追加 {master.added}、更新 {master.updated}、変更なし {master.unchanged}、"
         f"廃止 {master.retired}（受信単位 {master.receiving}）"
     )
     if dev_tls:
-        click.echo(f"開発用 TLS: 証明書 {summary['tls_cert']}、CA {summary['ca_cert']}")
+        echo(f"開発用 TLS: 証明書 {summary['tls_cert']}、CA {summary['ca_cert']}")
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -210,23 +209,24 @@ def import_command(
     if as_json:
         _echo_json(result.to_json())
     else:
-        click.echo(f"ファイル: {file}（業務日 {result.business_date.isoformat()}）")
+        echo(f"ファイル: {printable(file)}（業務日 {result.business_date.isoformat()}）")
         if result.file_error:
             error = result.file_error
             line = f"{error['line']} 行目: " if error.get("line") else ""
-            click.echo(f"ファイルエラー: {line}[{error['code']}] {error['message']}")
-            click.echo(f"  ({error['message_en']}) — 何も取り込んでいません")
+            echo(f"ファイルエラー: {line}[{error['code']}] {printable(error['message'])}")
+            echo(f"  ({printable(error['message_en'])}) — 何も取り込んでいません")
         for entry in result.rejected:
-            rid = entry.get("record_id") or "（番号なし）"
-            click.echo(f"{entry['line']} 行目 レコード {rid}:")
+            rid = printable(entry.get("record_id") or "（番号なし）")  # a line break too
+            echo(f"{entry['line']} 行目 レコード {rid}:")
             for problem in entry["problems"]:
-                click.echo(f"  [{problem['code']}] {problem['message']}")
+                echo(f"  [{problem['code']}] {printable(problem['message'])}")
         for sub in result.substitutions:
-            click.echo(
-                f"縮退: レコード {sub['record_id']} 項目 {sub['column']} {sub['position'] + 1} 文字目 "
+            echo(
+                f"縮退: レコード {printable(sub['record_id'])} 項目 {sub['column']} "
+                f"{sub['position'] + 1} 文字目 "
                 f"「{sub['original']}」→「{sub['replacement']}」"
             )
-        click.echo(
+        echo(
             f"結果: {result.records} 件中 取込 {result.loaded} 件、重複 {len(result.duplicates)} 件、"
             f"不備 {len(result.rejected)} 件"
         )
@@ -268,14 +268,14 @@ def close_day_command(config_path: Path | None, day: datetime | None, as_json: b
         return
     label = result.business_date.isoformat()
     if not result.changed:
-        click.echo(f"{label} は締め済みです（{result.existing} 団体）。変更はありません。")
+        echo(f"{label} は締め済みです（{result.existing} 団体）。変更はありません。")
     else:
-        click.echo(
+        echo(
             f"{label} を締めました: バッチ {result.created} 件（うち空 {result.empty} 件）、"
             f"通知 {result.records} 件"
         )
     if result.waiting:
-        click.echo(f"次の締めを待つ通知: {result.waiting} 件")
+        echo(f"次の締めを待つ通知: {result.waiting} 件")
 
 
 # --- terminals -----------------------------------------------------------------------------------
@@ -333,9 +333,9 @@ def token_command(config_path: Path | None, lasdec: str, ttl: int | None, as_jso
             }
         )
         return
-    click.echo(f"{lasdec} {municipality.full_name if municipality else ''} の登録トークン:")
-    click.echo(token)
-    click.echo(f"有効期限: {expires.astimezone(TOKYO):%Y-%m-%d %H:%M} (JST)・1回のみ使用可")
+    echo(f"{lasdec} {municipality.full_name if municipality else ''} の登録トークン:")
+    echo(token)
+    echo(f"有効期限: {expires.astimezone(TOKYO):%Y-%m-%d %H:%M} (JST)・1回のみ使用可")
 
 
 @terminal_group.command("list")
@@ -358,15 +358,14 @@ def list_command(config_path: Path | None, lasdec: str | None, as_json: bool) ->
         _echo_json([t.to_json() for t in found])
         return
     if not found:
-        click.echo("端末はありません")
+        echo("端末はありません")
     for t in found:
         seen = (
             t.last_seen_at.astimezone(TOKYO).strftime("%Y-%m-%d %H:%M") if t.last_seen_at else "-"
         )
         state = "失効" if t.revoked_at else "有効"
-        click.echo(
-            f"{t.terminal_id}\t{t.lasdec}\t{state}\t{t.key_id}\t最終接続 {seen}\t{t.agent_version or '-'}"
-        )
+        version = printable(t.agent_version or "-")  # as the terminal reported it: a tab too
+        echo(f"{t.terminal_id}\t{t.lasdec}\t{state}\t{t.key_id}\t最終接続 {seen}\t{version}")
 
 
 @terminal_group.command("revoke")
@@ -391,9 +390,9 @@ def revoke_command(config_path: Path | None, terminal_id: str, as_json: bool) ->
     if as_json:
         _echo_json({"terminal_id": terminal_id, "revoked": revoked, "already_revoked": not revoked})
     elif revoked:
-        click.echo(f"{terminal_id} を失効させました")
+        echo(f"{terminal_id} を失効させました")
     else:
-        click.echo(f"{terminal_id} は既に失効しています")
+        echo(f"{terminal_id} は既に失効しています")
 
 
 # --- status, export ------------------------------------------------------------------------------
@@ -430,7 +429,7 @@ def status_command(config_path: Path | None, all_rows: bool, as_json: bool) -> N
         _echo_json(status.to_json(all_rows=all_rows))
         return
     for line in status.text_lines(all_rows=all_rows):
-        click.echo(line)
+        echo(line)
 
 
 def _since(text: str | None) -> datetime | None:
@@ -486,7 +485,7 @@ def export_command(config_path: Path | None, since: str | None, output: str | No
             count = export_received(storage, click.get_text_stream("stdout"), since=start)
     finally:
         storage.dispose()
-    click.echo(f"{count} 件を出力しました", err=True)
+    echo(f"{count} 件を出力しました", err=True)
 
 
 def _utf8(sink: Any) -> io.TextIOWrapper:
@@ -533,7 +532,7 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
         _echo_json(result.to_json())
     else:
         for line in result.text_lines():
-            click.echo(line)
+            echo(line)
     sys.exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
@@ -543,9 +542,11 @@ main.add_command(operator_group)
 main.add_command(report_command)
 for _command in UPDATE_COMMANDS:  # publish-update, update-keys, -timestamp, -status: update_cli.py
     main.add_command(_command)
+for _command in SERVE_COMMANDS:  # serve (gunicorn), front (nginx): serve_cli.py
+    main.add_command(_command)
 
 
-# --- keys, serve ---------------------------------------------------------------------------------
+# --- keys ----------------------------------------------------------------------------------------
 
 
 @main.command("public-key")
@@ -566,45 +567,7 @@ def public_key_command(config_path: Path | None, as_json: bool) -> None:
     if as_json:
         _echo_json({"key_id": key_id(key), "public_key": public_key_to_text(key)})
     else:
-        click.echo(f"{key_id(key)} {public_key_to_text(key)}")
-
-
-@main.command("serve")
-@config_option
-@click.option("--dry-run", is_flag=True, help="Print the gunicorn command instead of running it.")
-def serve_command(config_path: Path | None, dry_run: bool) -> None:
-    """Run the server under gunicorn (server/gunicorn.conf.py); there is no development server.
-
-    \b
-    Example:
-      renkei-server serve --config /etc/renkei-server/server.toml
-    """
-    config = _config(config_path)  # fail early on a bad configuration
-    if not GUNICORN_CONF.exists():
-        raise Failure(f"{GUNICORN_CONF} is missing")
-    argv = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "server.wsgi:app"]
-    env = dict(os.environ)
-    if config_path is not None:
-        env["RENKEI_SERVER_CONFIG"] = str(config_path.resolve())
-    # prometheus-client's multiprocess mode: the folder is set before gunicorn imports anything
-    # and emptied of an earlier run's counters (server/metrics.py).
-    metrics_dir = config.metrics.multiprocess_dir
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    if dry_run:
-        click.echo(" ".join(argv))
-        click.echo(
-            f"bind {config.bind}; TLS {config.tls_cert or 'なし'}; metrics {metrics_dir}", err=True
-        )
-        return
-    from .metrics import prepare_multiprocess_dir
-
-    try:
-        prepare_multiprocess_dir(metrics_dir)
-    except OSError as exc:
-        raise Failure(f"{metrics_dir}: {exc.strerror}") from None
-    if shutil.which(sys.executable) is None:  # pragma: no cover
-        raise Failure(f"{sys.executable} not found")
-    os.execve(sys.executable, argv, env)  # pragma: no cover
+        echo(f"{key_id(key)} {public_key_to_text(key)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

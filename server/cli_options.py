@@ -15,6 +15,8 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.printable import printable, printable_json
+
 from .config import ServerConfig, load_config
 from .errors import ConfigError
 from .storage import Storage, business_day
@@ -26,6 +28,7 @@ __all__ = [
     "EXIT_USAGE",
     "Failure",
     "config_option",
+    "echo",
     "echo_json",
     "json_option",
     "load",
@@ -42,6 +45,10 @@ class Failure(click.ClickException):
     """Usage, configuration or I/O error: nothing was done (exit 2)."""
 
     exit_code = EXIT_USAGE
+
+    def format_message(self) -> str:
+        """The message, which may quote a file name or a value, as :func:`echo` shows text."""
+        return printable(self.message, keep="\n")
 
 
 def now() -> datetime:
@@ -100,7 +107,28 @@ def open_storage(config: ServerConfig) -> Storage:
 
 
 def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, indent=1))
+    """``--json`` output: Japanese readable, every character a terminal acts on as ``\\uXXXX``.
+
+    ``ensure_ascii=False`` keeps names readable but leaves C1 controls, DEL,
+    bidirectional and other format characters (and lone surrogates) raw in
+    strings; stored text from terminals and files may hold them
+    (``common.printable``).  The escaped text parses to the same value.
+    """
+    click.echo(printable_json(json.dumps(obj, ensure_ascii=False, indent=1)))
+
+
+def echo(text: str = "", *, err: bool = False) -> None:
+    """Human output: each line with every control, format or bidirectional character escaped.
+
+    Every line a command prints for people goes through here, because lines
+    carry stored strings (agent versions, file names, record ids, messages
+    quoting values) that came from terminals or files; a raw ``ESC``/``0x9B``
+    or a bidirectional override would act on the operator's terminal instead
+    of being shown.  Tabs and line breaks are the command's own layout and
+    stay; the values that could carry them (agent versions, file names) are
+    refused with them on the way in.
+    """
+    click.echo(printable(text, keep="\t\n"), err=err)
 
 
 def report_day(value: datetime | None) -> date:

@@ -8,8 +8,8 @@ keyword overrides (tests, the CLI).  Paths that default to places inside
 value of the wrong type is a :class:`ConfigError` that names the key, so a
 typo never silently falls back to a default.
 
-Three settings belong to one feature each and sit in their own TOML table
-(``[mail]``, ``[dashboard]``, ``[metrics]``, at the top level or under
+Some settings belong to one feature each and sit in their own TOML table
+(``[mail]``, ``[dashboard]``, ``[metrics]``, ``[front]``, at the top level or under
 ``[server]``); in the environment their keys carry the table's name,
 e.g. ``RENKEI_SERVER_MAIL_RELAY_HOST``; an override passes a mapping,
 ``load_config(mail={"relay_host": ...})``.  A list in the environment is
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .authorities import normalize_authority
 from .errors import ConfigError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ENV_PREFIX",
     "ConfigError",
     "DashboardConfig",
+    "FrontConfig",
     "MailConfig",
     "MetricsConfig",
     "ServerConfig",
@@ -51,6 +53,9 @@ DEFAULT_DATA_DIR = Path("/var/lib/renkei-server")
 #: TLS default when those files exist and no certificate is configured.
 DEV_TLS_CERT = Path("tls") / "server.crt"
 DEV_TLS_KEY = Path("tls") / "server.key"
+#: gunicorn's socket in ``run_dir``; a socket's path has at most 107 bytes (sun_path).
+APP_SOCKET = "app.sock"
+MAX_SOCKET_PATH = 107
 #: Failed-auth rows are kept a day (server.enrollment.AUTH_FAILURE_KEEP).
 MAX_FAILED_AUTH_PERIOD = 86_400
 
@@ -94,6 +99,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class FrontConfig:
+    """``[front]``: nginx in front of gunicorn (server.front) — TLS, deadlines, per-address limits.
+
+    gunicorn's threads only ever see whole requests that nginx has read; a
+    client that is slow, silent or lies about its length costs an nginx
+    connection (a few kilobytes, no thread) until these deadlines end it.
+    """
+
+    nginx: Path = Path("/usr/sbin/nginx")
+    workers: int | None = None  # nginx worker processes; none: one per CPU
+    worker_connections: int = 4096  # per worker: terminals, slow clients and upstream links
+    header_timeout: int = 10  # seconds to send the whole request head
+    body_timeout: int = 10  # seconds between two reads of a request body
+    send_timeout: int = 60  # seconds between two writes of an answer the client does not read
+    keepalive_timeout: int = 15  # seconds an idle kept-alive connection stays open
+    connections_per_address: int = 32  # requests in progress from one client address
+    access_log: str = "syslog"  # "syslog" (/dev/log, the journal), "off" or an absolute path
+    # Addresses of a load balancer in front that sends the client's address in
+    # X-Forwarded-For (CIDR); none: the TCP peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Every setting of the server; docs/operations.md describes each key."""
 
@@ -102,7 +130,11 @@ class ServerConfig:
     signing_key_path: Path = Path()  # default: <data_dir>/signing-key.pem
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    bind: str = "127.0.0.1:8443"
+    bind: str = "127.0.0.1:8443"  # where nginx listens for terminals (HTTPS)
+    run_dir: Path = Path("/run/renkei-server")  # gunicorn's socket, nginx's state (server.front)
+    # The host[:port] names a signed request may address (its @authority); empty: the TLS
+    # certificate's names at the port of bind (server.authorities).
+    authorities: tuple[str, ...] = ()
     clock_window: int = 300
     max_upload_bytes: int = 64 * 1024 * 1024
     max_records_per_file: int = 200_000
@@ -114,6 +146,7 @@ class ServerConfig:
     mail: MailConfig = dataclasses.field(default_factory=MailConfig)
     dashboard: DashboardConfig = dataclasses.field(default_factory=DashboardConfig)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    front: FrontConfig = dataclasses.field(default_factory=FrontConfig)
 
     @property
     def blob_dir(self) -> Path:
@@ -124,14 +157,20 @@ class ServerConfig:
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
 
+    @property
+    def app_socket(self) -> Path:
+        """gunicorn listens here, for nginx alone (server.front)."""
+        return self.run_dir / APP_SOCKET
+
 
 _SECTIONS: dict[str, type] = {
     "mail": MailConfig,
     "dashboard": DashboardConfig,
     "metrics": MetricsConfig,
+    "front": FrontConfig,
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig) if f.name not in _SECTIONS}
-_PATHS = {"data_dir", "signing_key_path"}
+_PATHS = {"data_dir", "signing_key_path", "run_dir"}
 _OPTIONAL_PATHS = {"tls_cert", "tls_key"}
 _INTS = {
     "clock_window",
@@ -143,6 +182,7 @@ _INTS = {
     "retention_days",
 }
 _OPTIONAL_STRS = {"operator_token_hash"}
+_AUTHORITY_LIST = "authorities"
 #: The databases the server runs on (server.storage.engine_url); the rest of the URL is theirs.
 _DATABASE_URL = re.compile(r"(sqlite(\+pysqlite)?|postgresql\+psycopg|postgres(ql)?)://")
 
@@ -152,6 +192,8 @@ def _convert(key: str, value: Any, source: str) -> Any:
     if key not in _FIELDS:
         known = ", ".join(sorted(_FIELDS))
         raise ConfigError(f"{source}: unknown setting {key!r} (known: {known})")
+    if key == _AUTHORITY_LIST:
+        return _authorities(value, source)
     if key in _INTS:
         if isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
@@ -173,8 +215,10 @@ def _convert(key: str, value: Any, source: str) -> Any:
     if key in _PATHS or key in _OPTIONAL_PATHS:
         return Path(value).expanduser()
     text = str(value)
-    if key == "bind" and ":" not in text and not text.startswith("unix:"):
-        raise ConfigError(f"{source}: bind must be HOST:PORT or unix:PATH, got {text!r}")
+    if key == "bind" and not _BIND.fullmatch(text):
+        raise ConfigError(
+            f"{source}: bind must be ADDRESS:PORT (e.g. 0.0.0.0:8443 or [::]:8443), got {text!r}"
+        )
     if key == "database_url" and text and not _DATABASE_URL.match(text):
         scheme = text.split("://", 1)[0] if "://" in text else text[:20]
         raise ConfigError(
@@ -184,7 +228,24 @@ def _convert(key: str, value: Any, source: str) -> Any:
     return text
 
 
+def _authorities(value: Any, source: str) -> tuple[str, ...]:
+    """``authorities``: a list (TOML) or comma-separated text (environment) of host[:port]."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: authorities must be a list of host[:port], got {value!r}")
+    try:
+        return tuple(dict.fromkeys(normalize_authority(text) for text in value))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: authorities: {exc}") from None
+
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: nginx's listen address: an IPv4 address, ``*`` or a bracketed IPv6 address, and a port.
+_BIND = re.compile(
+    r"(?:\*|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|\[[0-9A-Fa-f:.]+\]):"
+    r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
 #: A mail address as the relay will see it: no display name, no spaces or angle brackets.
 _ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+")
 
@@ -271,6 +332,14 @@ def _check_section(section: str, values: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"dashboard.networks: {network!r} is not an address or network (CIDR)"
                 ) from None
+    elif section == "front":
+        for network in values.get("trusted_proxies", ()):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"front.trusted_proxies: {network!r} is not an address or network (CIDR)"
+                ) from None
     elif section == "metrics":
         token = values.get("token_sha256")
         if token is not None and not _SHA256_HEX.fullmatch(token):
@@ -305,6 +374,24 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         name: _section_table(name, data.pop(name), str(path)) for name in _SECTIONS if name in data
     }
     return {key: _convert(key, value, str(path)) for key, value in data.items()}, sections
+
+
+def _check_bind_and_run_dir(values: Mapping[str, Any]) -> None:
+    """The listen address is a real address, and the socket's path fits a socket address."""
+    bind = values.get("bind")
+    if bind is not None:
+        host = bind.rpartition(":")[0].strip("[]")
+        if host != "*":
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"bind: {host!r} is not an IP address") from None
+    run_dir = values.get("run_dir", ServerConfig.run_dir)
+    if len(os.fsencode(run_dir / APP_SOCKET)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"run_dir: {run_dir} is too long for a socket path (at most "
+            f"{MAX_SOCKET_PATH - len(APP_SOCKET) - 1} bytes)"
+        )
 
 
 def load_config(
@@ -357,6 +444,7 @@ def load_config(
         )
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise ConfigError("tls_cert and tls_key must be set together")
+    _check_bind_and_run_dir(values)
     if not sections["mail"].get("spool_dir"):
         sections["mail"]["spool_dir"] = data_dir / "mail-spool"
     if not sections["metrics"].get("multiprocess_dir"):

@@ -10,8 +10,9 @@ conditional UPDATE whose row count says whether this request won.
 The HTTP layer reads the calling terminal and its recent failures in one go
 (:func:`find_caller`), records each verified request's nonce (replay
 protection by a primary key) with its contact in one transaction
-(:func:`record_request`), and each failed signature
-(:func:`note_auth_failure`, for rate limiting).
+(:func:`record_request`), and each failed signature under a known
+terminal's key id (:func:`note_auth_failure`, for rate limiting; an unknown
+id costs no write).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ _RECENT_FAILURES = (
     )
 )
 _CALLER = sa.select(_RECENT_FAILURES.scalar_subquery().label("recent_failures"), terminals).where(
+    terminals.c.terminal_id == sa.bindparam("terminal_id")
+)
+_KNOWN_TERMINAL = sa.select(terminals.c.terminal_id).where(
     terminals.c.terminal_id == sa.bindparam("terminal_id")
 )
 _FORGET_NONCES = nonces.delete().where(
@@ -168,10 +172,15 @@ def enroll(
     """
     try:
         key = statement.public_key_from_text(public_key)
-    except (ValueError, TypeError):
+    except statement.StatementError as error:
         raise EnrollmentError(
-            "the public key is not the base64 of a raw 32-byte Ed25519 key", code="key.invalid"
+            f"the public key is refused ({error.message}): it must be the base64 of a raw "
+            "32-byte Ed25519 public key made on the appliance",
+            code="key.invalid",
         ) from None
+    # public_key_from_text takes one text per key and one encoding per point (a point of small
+    # or mixed order, the only kind with a second encoding, is no key), so the unique columns
+    # below compare keys, not spellings.
     key_text = statement.public_key_to_text(key)
     key_id = statement.key_id(key)
     token_hash = _token_hash(token)
@@ -239,14 +248,14 @@ def find_caller(
     Both are needed for every signed request before any cryptography (the
     lockout is checked first); one statement in one read transaction instead
     of two transactions halves the database work of the check.  The count is
-    :func:`recent_auth_failures`'s; it is read on its own only for an id that
-    names no terminal.
+    :func:`recent_auth_failures`'s.  An id that names no terminal has no
+    failures: :func:`note_auth_failure` counts none for it.
     """
     params = _failure_params(terminal_id, source=source, now=now, period=period)
     with storage.read() as conn:
         row = conn.execute(_CALLER, {"terminal_id": terminal_id, **params}).first()
-        if row is None:
-            return None, conn.execute(_RECENT_FAILURES, params).scalar_one()
+    if row is None:
+        return None, 0
     fields = row._asdict()
     count = fields.pop("recent_failures")
     return Terminal(**fields), count
@@ -401,15 +410,33 @@ def _record(
     return True
 
 
-def note_auth_failure(storage: Storage, key_id: str, *, source: str, now: datetime) -> None:
-    """Count a failed signed request for ``key_id`` from ``source`` (rows older than a day are dropped)."""
-    with storage.begin() as conn:
+def note_auth_failure(storage: Storage, key_id: str, *, source: str, now: datetime) -> bool:
+    """Count a failed signed request for ``key_id`` from ``source``; whether it was counted.
+
+    Only a key id that names a terminal (revoked ones too) is counted: anyone
+    can make up key ids, and a row per made-up id would let an outsider grow
+    the database and queue every worker behind the write lock, one request at
+    a time, while a lockout could never slow a flood of ids that are each new.
+    For such an id nothing is written (a read, no write transaction).  Rows
+    older than a day are dropped when one is written.
+
+    The write does not wait for the disk (``durable=False``): whoever sends a
+    bad signature has proved nothing, so what it costs must not be an fsync;
+    a count lost to a power cut only lets a guesser start over, which the
+    lockout's window does anyway.
+    """
+    with storage.read() as conn:
+        known = conn.execute(_KNOWN_TERMINAL, {"terminal_id": key_id}).first() is not None
+    if not known:
+        return False
+    with storage.begin(durable=False) as conn:
         conn.execute(
             auth_failures.delete().where(auth_failures.c.failed_at < now - AUTH_FAILURE_KEEP)
         )
         conn.execute(
             auth_failures.insert().values(key_id=key_id[:128], source=source[:64], failed_at=now)
         )
+    return True
 
 
 def recent_auth_failures(

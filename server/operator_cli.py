@@ -20,6 +20,7 @@ from .cli_options import (
     EXIT_PROBLEMS,
     Failure,
     config_option,
+    echo,
     echo_json,
     json_option,
     load,
@@ -87,7 +88,7 @@ def operator_add(config_path: Path | None, name: str, password_stdin: bool, as_j
     if as_json:
         echo_json(operator.to_json())
     else:
-        click.echo(f"運用者 {operator.name}（{operator.operator_id}）を作成しました")
+        echo(f"運用者 {operator.name}（{operator.operator_id}）を作成しました")
 
 
 @operator_group.command("list")
@@ -105,12 +106,12 @@ def operator_list(config_path: Path | None, as_json: bool) -> None:
         echo_json([o.to_json() for o in found])
         return
     if not found:
-        click.echo("運用者はいません（renkei-server operator add NAME）")
+        echo("運用者はいません（renkei-server operator add NAME）")
     for o in found:
         last = (
             o.last_login_at.astimezone(TOKYO).strftime("%Y-%m-%d %H:%M") if o.last_login_at else "-"
         )
-        click.echo(
+        echo(
             f"{o.operator_id}\t{o.name}\t{'無効' if o.disabled_at else '有効'}\t最終ログイン {last}"
         )
 
@@ -123,7 +124,7 @@ def _toggle(config_path: Path | None, name: str, disabled: bool, as_json: bool) 
         echo_json({"name": name, "disabled": disabled, "changed": changed})
     else:
         state = "無効にしました" if disabled else "有効にしました（ロックも解除）"
-        click.echo(f"{name} を{state}" if changed else f"{name} は既にその状態です")
+        echo(f"{name} を{state}" if changed else f"{name} は既にその状態です")
 
 
 @operator_group.command("disable")
@@ -169,7 +170,7 @@ def operator_password(config_path: Path | None, name: str, password_stdin: bool)
     operator = _operator_call(
         config_path, lambda storage: set_password(storage, name, password, now=now())
     )
-    click.echo(f"{operator.name} のパスワードを変更しました")
+    echo(f"{operator.name} のパスワードを変更しました")
 
 
 @click.command("report")
@@ -209,16 +210,16 @@ def report_command(
         echo_json(run.to_json())
     elif dry_run:
         for mail in run.mails:
-            click.echo(f"--- {mail.key}  To: {mail.message['To']}")
-            click.echo(f"件名: {mail.message['Subject']}")
-            click.echo(mail.message.get_content())
+            echo(f"--- {mail.key}  To: {mail.message['To']}")
+            echo(f"件名: {mail.message['Subject']}")
+            echo(mail.message.get_content())
     else:
-        click.echo(
+        echo(
             f"{business_date.isoformat()} の報告: 作成 {len(run.created)} 通（作成済み "
             f"{len(run.known)} 通）、送信 {len(run.delivery.sent)} 通、未送信 {len(run.delivery.failed)} 通"
         )
         for key, code, message in run.delivery.failed:
-            click.echo(f"未送信 {key}: [{code}] {message}（次回の実行で再送します）", err=True)
+            echo(f"未送信 {key}: [{code}] {message}（次回の実行で再送します）", err=True)
     for lasdec in run.unreachable:
-        click.echo(f"{lasdec}: 不備がありますが連絡先が未登録です（mail.contacts_file）", err=True)
+        echo(f"{lasdec}: 不備がありますが連絡先が未登録です（mail.contacts_file）", err=True)
     sys.exit(EXIT_OK if run.ok else EXIT_PROBLEMS)

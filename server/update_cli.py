@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_options import EXIT_OK, EXIT_PROBLEMS, Failure, config_option, echo_json, json_option
+from .cli_options import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    Failure,
+    config_option,
+    echo,
+    echo_json,
+    json_option,
+)
 from .cli_options import load as load_config
 from .cli_options import now as clock_now
 from .config import ServerConfig
@@ -91,7 +99,7 @@ OFFLINE_DIR = click.option(
 
 def _echo_problems(problems: list[dict[str, str]]) -> None:
     for problem in problems:
-        click.echo(f"[{problem['code']}] {problem['message']}", err=True)
+        echo(f"[{problem['code']}] {problem['message']}", err=True)
 
 
 # --- publish-update ----------------------------------------------------------------------------
@@ -132,14 +140,14 @@ def publish_update_command(
         echo_json(result)
         return
     if result["already_published"]:
-        click.echo(f"renkei-agent {result['version']} は公開済みです（変更なし）")
+        echo(f"renkei-agent {result['version']} は公開済みです（変更なし）")
         return
-    click.echo(
+    echo(
         f"renkei-agent {result['version']} を公開しました: {result['target']} "
         f"（targets v{result['targets_version']}、snapshot v{result['snapshot_version']}、"
         f"timestamp v{result['timestamp_version']}）"
     )
-    click.echo(f"SHA-256 {result['sha256']}、{result['length']} バイト")
+    echo(f"SHA-256 {result['sha256']}、{result['length']} バイト")
 
 
 # --- update-keys -------------------------------------------------------------------------------
@@ -157,14 +165,14 @@ def update_keys_group() -> None:
 
 
 def _print_keys(result: dict[str, Any]) -> None:
-    click.echo(f"root v{result['root_version']}: {result['root']}")
-    click.echo(f"  SHA-256 {result['root_sha256']}、有効期限 {result['root_expires']}")
+    echo(f"root v{result['root_version']}: {result['root']}")
+    echo(f"  SHA-256 {result['root_sha256']}、有効期限 {result['root_expires']}")
     for role, paths in result["key_files"].items():
         where = "オフライン" if role in OFFLINE_ROLES else "オンライン"
         for path in paths:
-            click.echo(f"新しい {role} 鍵（{where}）: {path}")
+            echo(f"新しい {role} 鍵（{where}）: {path}")
     for warning in result["warnings"]:
-        click.echo(f"注意: {warning}", err=True)
+        echo(f"注意: {warning}", err=True)
 
 
 @update_keys_group.command("init")
@@ -218,7 +226,7 @@ def keys_init_command(
         echo_json(result)
         return
     _print_keys(result)
-    click.echo(
+    echo(
         f"イメージには {result['root']} を入れてください（RENKEI_UPDATE_ROOT）。"
         f"{offline_dir} の鍵は取り外して保管してください。"
     )
@@ -326,7 +334,7 @@ def keys_renew_command(
     if as_json:
         echo_json({"targets": summary})
     else:
-        click.echo(f"targets v{summary['version']} に署名しました（有効期限 {summary['expires']}）")
+        echo(f"targets v{summary['version']} に署名しました（有効期限 {summary['expires']}）")
 
 
 # --- update-timestamp, update-status -----------------------------------------------------------
@@ -356,7 +364,7 @@ def update_timestamp_command(config_path: Path | None, as_json: bool) -> None:
     else:
         roles = result["roles"]
         snapshot = "、snapshot も再署名" if result["snapshot_resigned"] else ""
-        click.echo(
+        echo(
             f"timestamp v{roles['timestamp']['version']} に署名しました"
             f"（有効期限 {roles['timestamp']['expires']}{snapshot}）"
         )
@@ -386,18 +394,18 @@ def update_status_command(config_path: Path | None, no_check: bool, as_json: boo
     if as_json:
         echo_json(status)
     else:
-        click.echo(f"更新リポジトリ {status['repository']}")
+        echo(f"更新リポジトリ {status['repository']}")
         for role, info in status["roles"].items():
-            click.echo(
+            echo(
                 f"  {role:<9} v{info['version']:<6} 有効期限 {info['expires']}  "
                 f"鍵 {', '.join(info['keys'])}（閾値 {info['threshold']}）"
             )
-        click.echo(f"公開中のリリース: {len(status['releases'])} 件")
+        echo(f"公開中のリリース: {len(status['releases'])} 件")
         for release in status["releases"]:
-            click.echo(f"  {release['version']}\t{release['length']} バイト\t{release['sha256']}")
+            echo(f"  {release['version']}\t{release['length']} バイト\t{release['sha256']}")
         check = status.get("client_check")
         if check is not None:
-            click.echo("TUF クライアント検査: " + ("受理" if check["ok"] else "拒否"))
+            echo("TUF クライアント検査: " + ("受理" if check["ok"] else "拒否"))
     _echo_problems(status["problems"])
     sys.exit(EXIT_PROBLEMS if status["problems"] else EXIT_OK)
 

@@ -10,6 +10,15 @@ be read as a whole (truncated, wrong header, too many records) gets a receipt
 with ``file_error`` and nothing is stored.  The receipt is a statement signed
 by the server key, so the municipality can later prove what was accepted.
 
+A terminal reports only its own municipality's notices: a record whose
+住居地 code (``address_code``) names another municipality, another ward, or
+the designated city of the terminal's ward is rejected on its own with
+``address.other_municipality`` (``common.reporting`` says why, from the spec).
+
+The file's name is part of the signed receipt and is shown to operators, so
+it must be a plain name (:func:`file_name_problem`): no folders, no control,
+format or bidirectional characters, at most 255 bytes of UTF-8.
+
 Uploads are idempotent by (municipality, SHA-256 of the bytes): sending the
 same file again returns the stored receipt and stores nothing.  The original
 bytes are always kept in the blob store.  Everything is one transaction, and
@@ -26,6 +35,7 @@ import hashlib
 import io
 import json
 import secrets
+import unicodedata
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -37,8 +47,10 @@ from common import statement
 from common.errors import NoticeFileError
 from common.items import MUNICIPALITY
 from common.noticefile import FORMAT_TAGS, RowError, read_notice_file
+from common.printable import UNSAFE_CATEGORIES
 from common.records import Record
 from common.rejections import file_error_entry, row_error_entry
+from common.reporting import reporting_problem
 from common.validation import validate
 
 from .blobs import BlobStore
@@ -47,9 +59,18 @@ from .errors import UploadError
 from .ingest import conflict_problem, record_content
 from .storage import Storage, iso_utc, received_notices, serialize, uploads
 
-__all__ = ["RECEIPT_TYPE", "get_receipt", "receive_upload"]
+__all__ = [
+    "MAX_FILE_NAME_BYTES",
+    "RECEIPT_TYPE",
+    "file_name_problem",
+    "get_receipt",
+    "receive_upload",
+]
 
 RECEIPT_TYPE = "municipality-receipt"
+#: Longest uploaded file name in bytes of UTF-8 (a Linux file name's limit); the agent sends
+#: at most 200 (appliance.agent.folders.MAX_NAME_BYTES).
+MAX_FILE_NAME_BYTES = 255
 _CHUNK = 500
 
 
@@ -60,13 +81,40 @@ def _stored_receipt(conn: Connection, lasdec: str, sha256: str) -> dict | None:
     return json.loads(text) if text is not None else None
 
 
-def _clean_name(file_name: str) -> str:
-    """A file name safe to sign: lone surrogates replaced, at most 255 characters."""
-    return file_name.encode("utf-8", "replace").decode("utf-8")[:255]
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an uploaded file's name (for the engineer), or None when it can.
+
+    Refused: empty, ``.`` or ``..``; a folder separator (``/`` or ``\\``); any
+    character of Unicode category Cc (C0 and C1 controls, DEL), Cf (format:
+    the bidirectional controls U+061C, U+200E, U+200F, U+202A–U+202E,
+    U+2066–U+2069, zero-width characters, the BOM, tags), Cs (lone
+    surrogates), Zl or Zp (line and paragraph separators); more than
+    :data:`MAX_FILE_NAME_BYTES` bytes of UTF-8.  The name goes into the signed
+    receipt and is shown on operators' screens, where such characters would
+    act instead of being text (``common.printable``).
+    """
+    if not name or name in {".", ".."}:
+        return "the file name is empty, '.' or '..'"
+    if "/" in name or "\\" in name:
+        return "the file name has a folder separator (send the base name only)"
+    if len(name) > MAX_FILE_NAME_BYTES:  # every character is at least one byte
+        return f"the file name is {len(name)} characters long (at most {MAX_FILE_NAME_BYTES} bytes)"
+    for position, char in enumerate(name, 1):
+        category = unicodedata.category(char)
+        if category in UNSAFE_CATEGORIES:
+            return (
+                f"character {position} of the file name is U+{ord(char):04X} "
+                f"(Unicode category {category}: a control, format, bidirectional or separator "
+                "character)"
+            )
+    size = len(name.encode("utf-8"))
+    if size > MAX_FILE_NAME_BYTES:
+        return f"the file name is {size} bytes of UTF-8 (at most {MAX_FILE_NAME_BYTES})"
+    return None
 
 
 def _read(
-    data: bytes, file_name: str, max_records: int
+    data: bytes, file_name: str, max_records: int, reporter: str
 ) -> tuple[int, list[tuple[int, Record]], list[dict]]:
     """(rows read, valid records with their lines, rejected entries).  Raises NoticeFileError."""
     reader = read_notice_file(io.BytesIO(data), name=file_name)
@@ -96,6 +144,9 @@ def _read(
             rejected.append(row_error_entry(row))
             continue
         problems = validate(row, check_encoding=False)
+        refusal = reporting_problem(row, reporter)
+        if refusal is not None:
+            problems = [*problems, refusal]
         if problems:
             rejected.append(
                 {
@@ -134,19 +185,23 @@ def receive_upload(
 ) -> tuple[dict, bool]:
     """Process one uploaded file; return (signed receipt, whether this call created it).
 
-    Raises UploadError ``upload.concurrent`` in the rare case that another
-    upload stored some of the same records at the same moment (send again).
+    Raises UploadError ``upload.file_name`` for a name :func:`file_name_problem`
+    refuses (before anything is stored), and ``upload.concurrent`` in the rare
+    case that another upload stored some of the same records at the same
+    moment (send again).
     """
+    problem = file_name_problem(file_name)
+    if problem is not None:
+        raise UploadError(problem, code="upload.file_name")
     lasdec = terminal.lasdec
     sha256 = hashlib.sha256(data).hexdigest()
     with storage.read() as conn:
         stored = _stored_receipt(conn, lasdec, sha256)
     if stored is not None:
         return stored, False
-    file_name = _clean_name(file_name)
     file_error: dict | None = None
     try:
-        rows, good, rejected = _read(data, file_name, max_records)
+        rows, good, rejected = _read(data, file_name, max_records, lasdec)
     except NoticeFileError as exc:
         rows, good, rejected, file_error = 0, [], [], file_error_entry(exc)
     upload_id = "up_" + secrets.token_hex(8)

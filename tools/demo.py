@@ -31,7 +31,7 @@ from common.items import MINISTRY, MUNICIPALITY  # noqa: E402
 from common.noticefile import encode_notice_file, format_json_header, format_json_record  # noqa: E402
 from common.synthetic import SampleFactory  # noqa: E402
 from tests.agent.conftest import Chronyd, Dnsmasq  # noqa: E402 - the LGWAN's NTP and DNS on loopback
-from tests.server.client import GunicornProcess  # noqa: E402 - starts gunicorn and waits until it answers
+from tests.server.client import ServerProcess  # noqa: E402 - starts gunicorn and waits until it answers
 
 DAY = date(2026, 11, 27)
 MUNICIPALITIES = {"131016": 40, "011011": 25, "221384": 0}  # 千代田区, 札幌市中央区, 浜松市中央区
@@ -109,7 +109,7 @@ def main(out: Path) -> int:
     say("     | token issued (shown once to the technician; stored hashed)")
 
     say(
-        "\n5. The server runs under gunicorn with TLS; the terminal enrolls and its agent runs the evening sync"
+        "\n5. The server runs (gunicorn behind its nginx front, TLS); the terminal enrolls and its agent runs the evening sync"
     )
     terminal = out / "terminal-131016"
     root, state = terminal / "srv", terminal / "state"
@@ -132,13 +132,13 @@ def main(out: Path) -> int:
     server_command(env, "export", "-o", str(exported))
     say(
         f"\nOutputs are in {out}/ — the terminal in {terminal.name}/ (folders under srv/), "
-        f"the server's data in server/, its log in gunicorn.log"
+        f"the server's data in server/, its logs in gunicorn.log and gunicorn-front.log"
     )
     return 0
 
 
 def _evening(out, data, token, factory, root, state, terminal, ntp, dns) -> None:
-    with GunicornProcess(data, log_path=out / "gunicorn.log", workers=2) as server:
+    with ServerProcess(data, log_path=out / "gunicorn.log", workers=2) as server:
         origin = f"https://{SERVER_NAME}:{server.port}"
         say(f"     | the server listens on 127.0.0.1:{server.port}, known on LGWAN as {origin}")
         # Enrollment: what `renkei-provision enroll` will do on the appliance (issue 6).

@@ -201,9 +201,9 @@ def text_field(
 
 def register_api(app: Flask) -> None:
     """Register every blueprint and the JSON error handlers on ``app``."""
-    from server.api import batches, clock, enroll, health, openapi, updates, uploads
+    from server.api import batches, clock, enroll, health, openapi, precheck, updates, uploads
 
-    for module in (enroll, clock, batches, uploads, updates, health, openapi):
+    for module in (enroll, clock, batches, uploads, updates, health, openapi, precheck):
         app.register_blueprint(module.bp)
     app.register_error_handler(ApiError, _on_api_error)
     app.register_error_handler(ServerError, _on_server_error)

@@ -5,7 +5,10 @@ appliance sends it with the public half of the key it has just made.  The
 request is signed (RFC 9421, same profile as every other request) with that
 very key, under the fixed key id ``"enroll"``: the server verifies it with the
 public key from the body, which proves the appliance holds the private key,
-so nobody can enroll a key they do not have.  The answer names the terminal
+so nobody can enroll a key they do not have — provided it is a real key: for
+a point of small order (the identity, ``01 00 … 00``) one fixed signature
+verifies everything, so the key is checked first (``common.ed25519``, through
+``public_key_from_text``: ``400 key.invalid``).  The answer names the terminal
 and carries the server's statement key, which the appliance pins to check
 every manifest and receipt from then on.
 
@@ -24,7 +27,13 @@ from common.httpsig import SignatureError, verify_request
 from common.statement import StatementError, key_id, public_key_from_text, public_key_to_text
 from server.api import API_PREFIX, ApiError, json_body, text_field
 from server.app import services
-from server.auth import AGENT_HEADER, ENVIRON_TERMINAL, request_url, signature_error
+from server.auth import (
+    ENVIRON_TERMINAL,
+    agent_version_header,
+    authority_refusal,
+    request_url,
+    signature_error,
+)
 from server.enrollment import enroll, note_contact
 from server.municipalities import get_municipality
 
@@ -42,14 +51,18 @@ def enroll_terminal():
     body = json_body("token", "public_key")
     token = text_field(body, "token", max_length=100)
     key_text = text_field(body, "public_key", max_length=100)
-    agent_version = text_field(
-        body, "agent_version", max_length=64, pattern=_AGENT_VERSION, optional=True
-    ) or (request.headers.get(AGENT_HEADER) or None)
-    try:
+    agent_version = (
+        text_field(body, "agent_version", max_length=64, pattern=_AGENT_VERSION, optional=True)
+        or agent_version_header()
+    )
+    try:  # before the signature: a key of small order would make any signature "verify"
         public_key = public_key_from_text(key_text)
-    except StatementError:
+    except StatementError as error:
         raise ApiError(
-            400, "key.invalid", "public_key must be the base64 of a raw 32-byte Ed25519 key"
+            400,
+            "key.invalid",
+            f"public_key is refused ({error.message}): it must be the base64 of a raw 32-byte "
+            "Ed25519 public key made on the appliance",
         ) from None
 
     try:
@@ -64,6 +77,9 @@ def enroll_terminal():
         )
     except SignatureError as error:
         raise signature_error(error) from None
+    refusal = authority_refusal(request_url())  # signed for this server, not another
+    if refusal is not None:
+        raise refusal[0]
 
     terminal = enroll(ctx.storage, token, key_text, now=now, agent_version=agent_version)
     note_contact(

@@ -14,7 +14,6 @@ Parsing, validation, storage and signing are the core's
 
 from __future__ import annotations
 
-import re
 from urllib.parse import unquote
 
 from flask import Blueprint, g, request, url_for
@@ -22,7 +21,7 @@ from flask import Blueprint, g, request, url_for
 from server.api import API_PREFIX, ApiError, limit_json_body
 from server.app import services
 from server.auth import authenticate
-from server.uploads import get_receipt, receive_upload
+from server.uploads import file_name_problem, get_receipt, receive_upload
 
 bp = Blueprint("uploads", __name__, url_prefix=f"{API_PREFIX}/uploads")
 
@@ -38,14 +37,22 @@ bp.before_request(authenticate)
 
 FILE_NAME_HEADER = "Renkei-File-Name"
 _ACCEPTED_TYPES = {"", "application/octet-stream"}
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def file_name(header: str | None) -> str:
-    """The uploaded file's base name from its percent-encoded UTF-8 header; 400 when unusable."""
+    """The uploaded file's base name from its percent-encoded UTF-8 header; 400 when unusable.
+
+    The rule is the core's (:func:`server.uploads.file_name_problem`): a plain
+    name without control, format or bidirectional characters, at most 255
+    bytes; checked here so that a bad name is refused before the body is used.
+    """
     if not header:
         raise ApiError(
             400, "upload.file_name", f"the {FILE_NAME_HEADER} header (the file's name) is missing"
+        )
+    if not header.isascii():
+        raise ApiError(
+            400, "upload.file_name", f"{FILE_NAME_HEADER} must be percent-encoded UTF-8 (ASCII)"
         )
     try:
         name = unquote(header, encoding="utf-8", errors="strict")
@@ -53,11 +60,13 @@ def file_name(header: str | None) -> str:
         raise ApiError(
             400, "upload.file_name", f"{FILE_NAME_HEADER} must be percent-encoded UTF-8"
         ) from None
-    if not 0 < len(name) <= 255 or name in {".", ".."} or _BAD_NAME.search(name):
+    problem = file_name_problem(name)
+    if problem is not None:
         raise ApiError(
             400,
             "upload.file_name",
-            f"{FILE_NAME_HEADER} must be a plain file name (no folders, no control characters)",
+            f"{FILE_NAME_HEADER} must be a plain file name (no folders, no control, format or "
+            f"bidirectional characters, at most 255 bytes): {problem}",
         )
     return name
 

@@ -1,7 +1,7 @@
 """Real parts for the agent tests, all on 127.0.0.1: the server, an NTP server, DNS servers.
 
 * :class:`AgentServer` — the linkage server under gunicorn with TLS
-  (``tests.server.client.GunicornProcess``), its certificate naming
+  (``tests.server.client.ServerProcess``), its certificate naming
   :data:`SERVER_NAME` (``renkei.test``), batches published for two
   municipalities, terminals enrolled through ``server.enrollment``.
 * :class:`Chronyd` — ``chronyd -d -x`` serving its local clock over NTP on a
@@ -44,7 +44,7 @@ from server.enrollment import revoke_terminal
 from server.keys import load_signing_key
 from server.storage import Storage
 from server.tls import make_dev_ca, make_server_cert
-from tests.server.client import GunicornProcess, stop_process_group
+from tests.server.client import ServerProcess, stop_process_group
 from tests.server.conftest import API_A, API_B, API_C, api_enroll, api_init_data, api_publish
 
 #: The server's name in the tests: in its certificate, and what dnsmasq answers for.
@@ -307,7 +307,7 @@ class AgentServer:
         self.server_key = load_signing_key(self.config.signing_key_path)
         self.blobs = BlobStore(self.config.blob_dir)
         api_publish(self.storage, self.blobs, self.server_key, datetime.now(UTC), dict(batches))
-        self.gunicorn = GunicornProcess(
+        self.gunicorn = ServerProcess(
             self.config.data_dir, log_path=root / "gunicorn.log", env=env, workers=1, threads=4
         )
 

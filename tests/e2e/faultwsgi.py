@@ -146,13 +146,18 @@ class FaultMiddleware:
         held = False
         try:
             for chunk in body:
-                yield chunk
-                sent += len(chunk)
-                if not held and sent >= limit:
+                if not held and sent + len(chunk) >= limit:
+                    # Exactly ``limit`` bytes, then the hold: the app writes in large blocks.
+                    head, chunk = chunk[: limit - sent], chunk[limit - sent :]
+                    yield head
+                    sent += len(head)
                     held = True
                     self._event(rule, "held", environ)
                     self._wait_release(rule)
                     self._event(rule, "released", environ)
+                if chunk:
+                    yield chunk
+                    sent += len(chunk)
         finally:
             close = getattr(body, "close", None)
             if close is not None:

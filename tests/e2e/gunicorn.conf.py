@@ -1,6 +1,6 @@
 """gunicorn settings for the e2e tests: the server's own, plus the fault middleware when asked.
 
-Everything of ``server/gunicorn.conf.py`` is taken as it is (TLS, workers,
+Everything of ``server/gunicorn.conf.py`` is taken as it is (the socket, workers,
 threads, timeouts, the access log).  With ``RENKEI_E2E_FAULTS=<control
 file>`` in the environment, each worker wraps its app in
 :class:`tests.e2e.faultwsgi.FaultMiddleware` after loading it; without it

@@ -1,11 +1,12 @@
-"""The ministry's data centre in its namespace: the server under gunicorn with TLS, its operator
-commands, a mail relay, and a hand on the server's faults.
+"""The ministry's data centre in its namespace: the server (nginx in front of gunicorn), its
+operator commands, a mail relay, and a hand on the server's faults.
 
 * :class:`Server` — ``renkei-server init --dev-tls``, then gunicorn with the
   e2e config (``tests/e2e/gunicorn.conf.py``: the server's own settings plus
-  the fault middleware) on 10.20.0.10:443.  :meth:`Server.kill` is SIGKILL to
-  the whole process group (no graceful anything), :meth:`Server.start` brings
-  it back on the same address.  :meth:`Server.cli` runs ``renkei-server`` as
+  the fault middleware) on its socket and ``renkei-server front`` (nginx, TLS)
+  on 10.20.0.10:443.  :meth:`Server.kill` is SIGKILL to both whole process
+  groups (no graceful anything), :meth:`Server.start` brings them back on the
+  same address.  :meth:`Server.cli` runs ``renkei-server`` as
   the operator does, in the namespace.  :attr:`Server.storage` reads the
   database for the invariant checks (the test never writes to it).  The
   database is the data folder's SQLite file, or the PostgreSQL database
@@ -23,10 +24,12 @@ import http.client
 import json
 import mailbox
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from typing import Any
 from common.atomicwrite import write_bytes
 from server.storage import Storage
 from tests.provisioning.topology import in_netns
-from tests.server.client import stop_process_group
+from tests.server.client import app_argv, front_argv, spawn, stop_process_group
 
 from .network import SERVER_ADDRESS, SMTP_ADDRESS, Lgwan
 
@@ -131,8 +134,12 @@ class Server:
         self.folder = folder
         self.data_dir = folder / "server-data"
         self.log_path = folder / "gunicorn.log"
+        self.front_log_path = folder / "front.log"
+        # gunicorn's socket and nginx's state: a short path (a socket's has at most 107 bytes).
+        self.run_dir = Path(tempfile.mkdtemp(prefix="rk-e2e-", dir="/tmp"))
         self.faults = Faults(folder / "faults.json")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # gunicorn
+        self.front: subprocess.Popen | None = None  # nginx
         self.database_url = database_url or f"sqlite:///{self.data_dir / 'renkei.sqlite3'}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
         self.env.update(RENKEI_SERVER_DATA_DIR=str(self.data_dir), PYTHONPATH=str(ROOT))
@@ -174,31 +181,26 @@ class Server:
     def token(self, lasdec: str) -> str:
         return self.cli_json("terminal", "token", "--lasdec", lasdec, "--json")["token"]
 
-    # -- gunicorn ----------------------------------------------------------------------------
+    # -- gunicorn and the front -----------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> Server:
+        """gunicorn (the e2e config) on the run folder's socket, then the front on :443."""
         env = {
             **self.env,
             "RENKEI_SERVER_BIND": f"{SERVER_ADDRESS}:443",
+            "RENKEI_SERVER_RUN_DIR": str(self.run_dir),
+            "RENKEI_SERVER_FRONT_ACCESS_LOG": str(self.folder / "front-access.log"),
+            "RENKEI_SERVER_FRONT_WORKERS": "1",
             "WEB_CONCURRENCY": "1",
             "RENKEI_GUNICORN_THREADS": "8",
             "RENKEI_E2E_FAULTS": str(self.faults.control),
         }
-        argv = self.net.exec_argv(
-            self.net.ministry, sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF)
-        )
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        prefix = self.net.exec_argv(self.net.ministry)
+        self.process = spawn(app_argv(GUNICORN_CONF), env, log_path=self.log_path, prefix=prefix)
+        self.front = spawn(front_argv(), env, log_path=self.front_log_path, prefix=prefix)
         try:
             _wait(self._healthy, self.process, "gunicorn", self.log_path, timeout)
+            _wait(self._healthy, self.front, "the front (nginx)", self.front_log_path, timeout)
         except BaseException:
             self.kill()
             raise
@@ -217,19 +219,22 @@ class Server:
         return in_netns(self.net.ministry, probe)
 
     def kill(self) -> None:
-        """SIGKILL the master and its workers at once: a crash, not a shutdown."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, 9)
-        except ProcessLookupError:
-            pass
-        stop_process_group(process, timeout=10)
+        """SIGKILL nginx, gunicorn and their workers at once: a crash, not a shutdown."""
+        for name in ("front", "process"):
+            process = getattr(self, name)
+            setattr(self, name, None)
+            if process is None:
+                continue
+            try:
+                os.killpg(process.pid, 9)
+            except ProcessLookupError:
+                pass
+            stop_process_group(process, timeout=10)
 
     def close(self) -> None:
         self.kill()
         self.storage.dispose()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 class MailRelay:

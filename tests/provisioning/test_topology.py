@@ -45,7 +45,7 @@ def site(topology, tmp_path_factory):  # type: ignore[no-untyped-def]
     done = topology.provision("configure", "--root", str(root), *flags(topology.settings()))
     assert done.returncode == 0, done.stdout + done.stderr
     topology.load_ruleset(under(root, render.NFTABLES_CONF))
-    assert topology.server is not None and topology.gunicorn is not None
+    assert topology.server is not None and topology.ns_server is not None
     token = issue_token(topology.server.storage, API_A, now=datetime.now(UTC), ttl=3600)
     enrolled = topology.provision(
         "enroll",
@@ -54,7 +54,7 @@ def site(topology, tmp_path_factory):  # type: ignore[no-untyped-def]
         "--token",
         token,
         "--ca-file",
-        str(topology.gunicorn.ca_file),
+        str(topology.ns_server.ca_file),
         "--json",
     )
     assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
@@ -146,9 +146,15 @@ def test_enroll_refuses_a_bad_token(topology, site, tmp_path, which):
     done = topology.provision("configure", "--root", str(root), *flags(topology.settings()))
     assert done.returncode == 0, done.stderr
     token = (site / "used-token").read_text() if which == "used" else "AAAAA-BBBBB-CCCCC-DDDDD"
-    assert topology.gunicorn is not None
+    assert topology.ns_server is not None
     result = topology.provision(
-        "enroll", "--root", str(root), "--token", token, "--ca-file", str(topology.gunicorn.ca_file)
+        "enroll",
+        "--root",
+        str(root),
+        "--token",
+        token,
+        "--ca-file",
+        str(topology.ns_server.ca_file),
     )
     assert result.returncode == 1
     assert "token." in result.stderr and "nothing was written" in result.stderr

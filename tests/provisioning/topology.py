@@ -3,7 +3,7 @@
 Two namespaces on one veth wire (:class:`tests.provisioning.conftest.Lgwan`):
 the appliance (``terminal``, 10.77.0.2, port ``eth1``) and the LGWAN side
 (10.77.0.1) where dnsmasq, chronyd (as an NTP server) and the linkage server
-under gunicorn run, each started with ``ip netns exec LGWAN …``.  Because the
+(gunicorn behind its nginx front) run, each started with ``ip netns exec LGWAN …``.  Because the
 namespace is the test's own, the services use their standard ports (53, 123,
 443): no port is shared with another test, and ``configure`` renders exactly
 what it would on site.
@@ -21,10 +21,12 @@ from __future__ import annotations
 import ctypes
 import http.client
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,13 +38,13 @@ import pytest
 
 from tests.agent.conftest import SERVER_NAME, AgentServer, Chronyd, Daemon, _wait, need
 from tests.provisioning.conftest import OTHER_HOST, SERVER_ADDRESS, TERMINAL_ADDRESS, Lgwan
-from tests.server.client import GUNICORN_CONF, ROOT, stop_process_group
+from tests.server.client import ROOT, app_argv, front_argv, spawn, stop_process_group
 from tests.server.conftest import API_A
 
 __all__ = [
     "NsChronyd",
     "NsDnsmasq",
-    "NsGunicorn",
+    "NsServer",
     "Topology",
     "in_netns",
 ]
@@ -194,44 +196,48 @@ class NsChronyd(Chronyd):
         return self._request(2.0).offset
 
 
-class NsGunicorn:
-    """The linkage server (``server/gunicorn.conf.py``) on ADDRESS:443 inside ``namespace``."""
+class NsServer:
+    """The linkage server — gunicorn (``server/gunicorn.conf.py``) behind the front
+    (``renkei-server front``) on ADDRESS:443 — inside ``namespace``."""
 
     def __init__(self, namespace: str, data_dir: Path, address: str, *, log_path: Path):
         self.namespace = namespace
         self.data_dir = Path(data_dir)
         self.address = address
         self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        self.front_log_path = log_path.with_name(log_path.stem + "-front.log")
+        self.process: subprocess.Popen | None = None  # gunicorn
+        self.front: subprocess.Popen | None = None  # nginx
+        # gunicorn's socket and nginx's state: a short path (a socket's has at most 107 bytes).
+        self.run_dir = Path(tempfile.mkdtemp(prefix="rk-ns-", dir="/tmp"))
 
     @property
     def ca_file(self) -> Path:
         return self.data_dir / "tls" / "ca.crt"
 
-    def start(self, timeout: float = 30.0) -> NsGunicorn:
+    def start(self, timeout: float = 30.0) -> NsServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_SERVER_")}
         env.update(
             RENKEI_SERVER_DATA_DIR=str(self.data_dir),
             RENKEI_SERVER_BIND=f"{self.address}:443",
+            RENKEI_SERVER_RUN_DIR=str(self.run_dir),
+            RENKEI_SERVER_FRONT_ACCESS_LOG="off",
+            RENKEI_SERVER_FRONT_WORKERS="1",
             WEB_CONCURRENCY="1",
             RENKEI_GUNICORN_THREADS="4",
             PYTHONPATH=str(ROOT),
         )
-        argv = ["ip", "netns", "exec", self.namespace, sys.executable, "-m", "gunicorn"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*argv, "--config", str(GUNICORN_CONF)],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        daemon = _Adopted(self.process, self.log_path)
+        prefix = ["ip", "netns", "exec", self.namespace]
+        self.process = spawn(app_argv(), env, log_path=self.log_path, prefix=prefix)
+        self.front = spawn(front_argv(), env, log_path=self.front_log_path, prefix=prefix)
         try:
-            if not _wait(self._healthy, daemon, "gunicorn", timeout=timeout):
-                raise RuntimeError(f"gunicorn exited:\n{daemon.log()}")
+            for process, log, what in (
+                (self.process, self.log_path, "gunicorn"),
+                (self.front, self.front_log_path, "the front (nginx)"),
+            ):
+                daemon = _Adopted(process, log)
+                if not _wait(self._healthy, daemon, what, timeout=timeout):
+                    raise RuntimeError(f"{what} exited:\n{daemon.log()}")
         except BaseException:
             self.stop()
             raise
@@ -250,9 +256,12 @@ class NsGunicorn:
         return in_netns(self.namespace, probe)
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            stop_process_group(process)
+        for name in ("front", "process"):
+            process = getattr(self, name)
+            setattr(self, name, None)
+            if process is not None:
+                stop_process_group(process)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 class _Adopted(Daemon):
@@ -283,7 +292,7 @@ class Topology:
         self.folder = folder
         self.net = Lgwan()
         self.server: AgentServer | None = None
-        self.gunicorn: NsGunicorn | None = None
+        self.ns_server: NsServer | None = None
         self.dns: NsDnsmasq | None = None
         self.ntp: NsChronyd | None = None
         self.command = provision_command()
@@ -292,7 +301,7 @@ class Topology:
         try:
             self.net.up()
             self.server = AgentServer(self.folder / "server", batches={API_A: 3})
-            self.gunicorn = NsGunicorn(
+            self.ns_server = NsServer(
                 self.net.lgwan,
                 self.server.config.data_dir,
                 self.SERVER,
@@ -345,7 +354,7 @@ class Topology:
         self.net.exec_t("nft", "-f", str(path))
 
     def close(self) -> None:
-        for part in (self.ntp, self.dns, self.gunicorn):
+        for part in (self.ntp, self.dns, self.ns_server):
             if part is not None:
                 try:
                     part.stop()

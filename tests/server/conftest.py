@@ -10,7 +10,7 @@ once per session into a template database that each test copies (a file
 copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL).
 
 On PostgreSQL what finds the server by its data folder alone uses the same
-database: :class:`tests.server.client.GunicornProcess` looks the folder up
+database: :class:`tests.server.client.ServerProcess` looks the folder up
 (:func:`tests.server.client.use_database`), and the test's first database is
 put in the environment (``RENKEI_SERVER_DATABASE_URL``) for the CLI run
 through click's runner.
@@ -262,6 +262,9 @@ def core_enroll(core_storage: Storage) -> Callable[..., tuple[Terminal, Ed25519P
 
 import json  # noqa: E402
 
+from werkzeug.test import EnvironBuilder  # noqa: E402
+from werkzeug.wrappers import Request as BaseRequest  # noqa: E402
+
 from common.httpsig import new_nonce, sign_request  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.closeday import close_day  # noqa: E402
@@ -272,6 +275,7 @@ from server.storage import business_day  # noqa: E402
 from server.tls import make_dev_ca, make_server_cert  # noqa: E402
 
 API_BASE = "https://renkei.test"
+API_AUTHORITY = "renkei.test"  # what API_BASE signs as @authority
 API_A = "131016"  # 東京都千代田区
 API_B = "131024"  # 東京都中央区
 API_C = "131032"  # 東京都港区
@@ -305,6 +309,9 @@ def api_init_data(data_dir: Path, *, tls: bool = False, **overrides) -> ServerCo
     if tls:
         ca_cert, ca_key = make_dev_ca(data_dir / "tls")
         make_server_cert(data_dir / "tls", ca_cert, ca_key)
+    # The Flask test client addresses API_BASE; a signed request must name an authority the
+    # server answers to (server.authorities).  None: derive it (TLS certificate, bind).
+    overrides.setdefault("authorities", (API_AUTHORITY,))
     copied = _POSTGRESQL is not None and "database_url" not in overrides
     if copied:
         overrides["database_url"] = _POSTGRESQL.copy("api", _small_master)
@@ -373,10 +380,11 @@ class ApiTester:
         return other
 
     def signed_headers(self, method: str, path: str, body: bytes = b"", **options) -> dict:
+        """Headers signing ``method path`` at ``base=`` (default :data:`API_BASE`)."""
         created = options.get("created")
         return sign_request(
             method,
-            API_BASE + path,
+            options.get("base", API_BASE) + path,
             {},
             body,
             key_id=options.get("key_id") or self.key_id,
@@ -396,20 +404,32 @@ class ApiTester:
         remote_addr: str = "127.0.0.1",
         **options,
     ):  # type: ignore[no-untyped-def]
-        """Signed when this tester has a key (or ``key=`` is given), unless ``sign=False``."""
+        """Signed when this tester has a key (or ``key=`` is given), unless ``sign=False``.
+
+        ``base=`` is the origin the request is addressed (and signed) to;
+        ``chunked=True`` sends the body as gunicorn hands a chunked one to the
+        app: no Content-Length, the stream ended by the server
+        (``wsgi.input_terminated``).
+        """
         sent = {"Renkei-Agent-Version": "agent/2.1.0", **(headers or {})}
         if sign is None:
             sign = (options.get("key") or self.key) is not None
         if sign:
             sent.update(self.signed_headers(method, path, body, **options))
-        return self.client.open(
-            path,
+        builder = EnvironBuilder(
+            path=path,
             method=method,
             data=body,
             headers=sent,
-            base_url=API_BASE,
+            base_url=options.get("base", API_BASE),
             environ_base={"REMOTE_ADDR": remote_addr},
         )
+        environ = builder.get_environ()
+        if options.get("chunked"):
+            del environ["CONTENT_LENGTH"]  # the test client always computes one
+            environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+            environ["wsgi.input_terminated"] = True
+        return self.client.open(BaseRequest(environ))
 
     def get(self, path: str, **kwargs):  # type: ignore[no-untyped-def]
         return self.request("GET", path, **kwargs)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
+import nacl.bindings as sodium
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common import statement
-from server.enrollment import find_terminal, issue_token
+from server.enrollment import find_terminal, issue_token, list_terminals
+from server.storage import terminals
+from tests.common.test_ed25519 import CANONICAL_SMALL, EVERYTHING, IDENTITY, SECOND_SMALL
 from tests.server.conftest import API_A
 
 ENROLL = "/api/v1/enroll"
@@ -120,3 +124,105 @@ def test_malformed_enrollment_requests(api, document, status, code):
     )
     assert reply.status_code == status
     assert reply.get_json()["error"]["code"] == code
+
+
+# --- keys nobody holds (issue #18) ---------------------------------------------------------
+
+WEAK = {**CANONICAL_SMALL, **SECOND_SMALL}
+
+
+def _forged(api, method, path, body, *, key_id):  # type: ignore[no-untyped-def]
+    """Headers of a request "signed" with R = identity, S = 0: no private key involved."""
+    headers = api.signed_headers(
+        method, path, body, key=Ed25519PrivateKey.generate(), key_id=key_id
+    )
+    headers["Signature"] = "renkei=:" + base64.b64encode(EVERYTHING).decode() + ":"
+    return headers
+
+
+def _enroll_weak(api, token, encoded: bytes):  # type: ignore[no-untyped-def]
+    document = {"token": token, "public_key": base64.b64encode(encoded).decode()}
+    body = json.dumps(document).encode()
+    headers = {"Content-Type": "application/json"}
+    headers |= _forged(api, "POST", ENROLL, body, key_id="enroll")
+    return api.post(ENROLL, body, sign=False, headers=headers)
+
+
+def test_the_identity_key_is_refused_though_its_forged_signature_verifies(api, token):
+    reply = _enroll_weak(api, token, IDENTITY)
+    assert (reply.status_code, reply.get_json()["error"]["code"]) == (400, "key.invalid")
+    assert "small order" in reply.get_json()["error"]["message"]
+    assert list_terminals(api.services.storage) == []
+    assert _enroll(api, token, Ed25519PrivateKey.generate()).status_code == 201  # token kept
+
+
+@pytest.mark.parametrize("name", WEAK)
+def test_every_small_order_point_in_every_encoding_is_refused(api, token, name):
+    reply = _enroll_weak(api, token, WEAK[name])
+    assert (reply.status_code, reply.get_json()["error"]["code"]) == (400, "key.invalid")
+    assert list_terminals(api.services.storage) == []
+
+
+def test_a_mixed_order_key_is_refused(api, token):
+    proper = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    mixed = sodium.crypto_core_ed25519_add(proper, CANONICAL_SMALL["order 2"])
+    reply = _enroll_weak(api, token, mixed)
+    assert (reply.status_code, reply.get_json()["error"]["code"]) == (400, "key.invalid")
+    assert "mixed order" in reply.get_json()["error"]["message"]
+
+
+def test_the_same_point_in_a_second_encoding_is_not_a_second_terminal(api, token):
+    # Both name the identity; before the fix each enrolled, with a different key id.
+    first = _enroll_weak(api, token, IDENTITY)
+    second = issue_token(api.services.storage, API_A, now=api.clock(), ttl=3600)
+    again = _enroll_weak(api, second, WEAK["identity, y + p, sign 0"])
+    assert (first.status_code, again.status_code) == (400, 400)
+    assert list_terminals(api.services.storage) == []
+
+
+def test_another_base64_text_of_an_enrolled_key_is_not_a_second_terminal(api, token):
+    key = Ed25519PrivateKey.generate()
+    assert _enroll(api, token, key).status_code == 201
+    text = statement.public_key_to_text(key.public_key())
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    other = text[:42] + alphabet[alphabet.index(text[42]) ^ 1] + "="  # same 32 bytes
+    second = issue_token(api.services.storage, API_A, now=api.clock(), ttl=3600)
+    reply = _enroll(api, second, key, document={"token": second, "public_key": other})
+    assert (reply.status_code, reply.get_json()["error"]["code"]) in [
+        (400, "key.invalid"),
+        (409, "key.duplicate"),
+    ]
+    assert len(list_terminals(api.services.storage)) == 1
+
+
+def test_a_terminal_stored_with_such_a_key_before_the_fix_cannot_authenticate(api):
+    """A key already in the database is checked on every request: it resolves to no key."""
+    identity = Ed25519PublicKey.from_public_bytes(IDENTITY)
+    with api.services.storage.begin() as conn:
+        conn.execute(
+            terminals.insert().values(
+                terminal_id="t_00000000000000ff",
+                lasdec=API_A,
+                public_key=base64.b64encode(IDENTITY).decode(),
+                key_id=statement.key_id(identity),
+                enrolled_at=api.clock(),
+            )
+        )
+    listing = api.get(
+        "/api/v1/batches",
+        sign=False,
+        headers=_forged(api, "GET", "/api/v1/batches", b"", key_id="t_00000000000000ff"),
+    )
+    assert (listing.status_code, listing.get_json()["error"]["code"]) == (401, "sig.unknown_key")
+    data = b"forged"
+    upload = api.post(
+        "/api/v1/uploads",
+        data,
+        sign=False,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Renkei-File-Name": "forged.csv",
+            **_forged(api, "POST", "/api/v1/uploads", data, key_id="t_00000000000000ff"),
+        },
+    )
+    assert (upload.status_code, upload.get_json()["error"]["code"]) == (401, "sig.unknown_key")

@@ -21,7 +21,7 @@ from server.enrollment import find_terminal, revoke_terminal
 from server.storage import Storage
 from server.update_keys import rotate_keys
 from server.update_repo import RepositoryFiles, updates_dir
-from tests.server.client import GunicornProcess
+from tests.server.client import ServerProcess
 from tests.server.conftest import API_A, api_enroll, api_init_data
 from tests.server.update_support import (
     FlaskFetcher,
@@ -236,7 +236,7 @@ def test_update_over_https_from_gunicorn(tmp_path, now):
     repo = new_repo(config.data_dir, tmp_path / "media", now)
     bundle = make_bundle(tmp_path / "dist", "0.2.0", payload=os.urandom(300_000))
     repo.publish(bundle, now)
-    with GunicornProcess(config.data_dir, log_path=tmp_path / "gunicorn.log") as server:
+    with ServerProcess(config.data_dir, log_path=tmp_path / "gunicorn.log") as server:
         with server.client(key=key, key_id=record.terminal_id, agent_version="0.1.0") as https:
             client = updater(
                 tmp_path / "terminal",

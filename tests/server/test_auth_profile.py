@@ -15,15 +15,22 @@ import hashlib
 import string
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import httpsig
+from common import ed25519, httpsig
 from common.httpsig import COVERED, SignatureError, VerifiedRequest
 from server import auth
 from server.auth import verify_profile
 from server.enrollment import recent_auth_failures
+from tests.common.test_ed25519 import (
+    CANONICAL_SMALL,
+    EVERYTHING,
+    IDENTITY,
+    SECOND_SMALL,
+    IdentityRSigner,
+)
 from tests.server.conftest import API_BASE
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -354,3 +361,52 @@ def test_the_api_refuses_another_form_and_counts_it_as_a_failure(api, api_termin
         == 1
     )
     assert client.get(path).status_code == 200  # the terminal's own form still passes
+
+
+# --- keys nobody holds, and signatures that prove nothing (issue #18) -----------------------
+
+
+class Fixed:
+    """A resolver that answers one public key object for the terminal's id."""
+
+    def __init__(self, public_key):  # type: ignore[no-untyped-def]
+        self.public_key = public_key
+
+    def __call__(self, key_id: str):  # type: ignore[no-untyped-def]
+        return self.public_key if key_id == KEY_ID else None
+
+
+def _with_signature(request, value: bytes):  # type: ignore[no-untyped-def]
+    method, url, headers, body = request
+    return (
+        method,
+        url,
+        headers | {"Signature": f"renkei=:{base64.b64encode(value).decode()}:"},
+        body,
+    )
+
+
+def test_the_identity_key_with_the_signature_that_fits_everything_is_refused_by_both():
+    identity = Ed25519PublicKey.from_public_bytes(IDENTITY)
+    for method, url, body in (("GET", URL, b""), ("POST", URL, BODY), ("PUT", URL + "?x=1", b"x")):
+        forged = _with_signature(signed(method, url, body), EVERYTHING)
+        assert both(*forged, resolve=Fixed(identity)) == ("sig.unknown_key", "sig.unknown_key")
+
+
+@pytest.mark.parametrize("name", [*CANONICAL_SMALL, *SECOND_SMALL])
+def test_a_small_order_key_is_unknown_to_both(name):
+    weak = Ed25519PublicKey.from_public_bytes({**CANONICAL_SMALL, **SECOND_SMALL}[name])
+    assert both(*signed(), resolve=Fixed(weak)) == ("sig.unknown_key", "sig.unknown_key")
+
+
+def test_a_signature_with_a_small_order_r_is_invalid_to_both():
+    request = signed(key=IdentityRSigner(bytes(range(32))))  # KEY's seed
+    assert both(*request) == ("sig.invalid", "sig.invalid")
+
+
+def test_a_signature_with_s_plus_l_is_invalid_to_both():
+    request = signed()
+    value = base64.b64decode(request[2]["Signature"][len("renkei=:") : -1])
+    s = int.from_bytes(value[32:], "little") + ed25519.L
+    forged = _with_signature(request, value[:32] + s.to_bytes(32, "little"))
+    assert both(*forged) == ("sig.invalid", "sig.invalid")

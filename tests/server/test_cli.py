@@ -213,3 +213,60 @@ def test_installed_console_script(env, tmp_path):
         check=False,
     )
     assert usage.returncode == 2 and "FILE" in usage.stderr
+
+
+# --- issue #18: stored strings are shown escaped, never raw --------------------------------------
+
+#: What reached `terminal list` before the fix: a raw 0x9B (a terminal's CSI), ESC, and a
+#: right-to-left override, stored as an agent version before versions were checked.
+HOSTILE_VERSION = "1.0\x9b2J\x1b]0;pwned\x07\u202e\u2066"
+
+
+def _raw_unsafe(text: str) -> list[str]:
+    import unicodedata
+
+    return [
+        hex(ord(c))
+        for c in text
+        if unicodedata.category(c) in {"Cc", "Cf", "Cs", "Zl", "Zp"} and c not in "\n\t"
+    ]
+
+
+def test_stored_hostile_strings_are_shown_escaped(cli, env, ready, tmp_path):
+    from server.storage import terminals
+
+    token = json.loads(cli("terminal", "token", "--lasdec", CHIYODA, "--json").stdout)["token"]
+    storage = Storage(f"sqlite:///{env['RENKEI_SERVER_DATA_DIR']}/renkei.sqlite3")
+    public = statement.public_key_to_text(Ed25519PrivateKey.generate().public_key())
+    terminal = enroll(storage, token, public, now=datetime.now(UTC))
+    with storage.begin() as conn:  # as stored before versions were checked
+        conn.execute(
+            terminals.update()
+            .where(terminals.c.terminal_id == terminal.terminal_id)
+            .values(agent_version=HOSTILE_VERSION)
+        )
+    storage.dispose()
+
+    listed = cli("terminal", "list").stdout
+    assert _raw_unsafe(listed) == []
+    assert "1.0\\x9b2J\\x1b]0;pwned\\x07\\u202e\\u2066" in listed
+    status = cli("status", "--all").stdout
+    assert _raw_unsafe(status) == [] and "\\x9b" in status
+    for args in (("terminal", "list", "--json"), ("status", "--all", "--json")):
+        text = cli(*args).stdout
+        assert _raw_unsafe(text) == [], args  # JSON: escaped as \uXXXX …
+        assert "\\u009b2J" in text, args
+    [entry] = json.loads(cli("terminal", "list", "--json").stdout)
+    assert entry["agent_version"] == HOSTILE_VERSION  # … and read back unchanged
+
+
+def test_imported_hostile_record_ids_are_shown_escaped(cli, ready, tmp_path):
+    bad = tmp_path / "bad\u202etxt.jsonl"
+    lines = [
+        json.dumps({"format": "renkei-ministry-notice-v1"}),
+        json.dumps({"record_id": "M-1\x1b[2J\x9b\u202e", "pattern": "A"}),
+    ]
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = cli("import", str(bad), "--date", "2026-11-27", code=1)
+    assert _raw_unsafe(result.stdout) == []
+    assert "M-1\\x1b[2J\\x9b\\u202e" in result.stdout and "bad\\u202etxt" in result.stdout

@@ -1,7 +1,7 @@
 """Two app servers, one database: what must happen once happens once, under load.
 
-Two gunicorn instances (2 workers × 4 threads each) listen on their own
-ports and share one database — the run's ``--database``: on PostgreSQL the
+Two servers (each gunicorn, 2 workers × 4 threads, behind its own nginx
+front) listen on their own ports and share one database — the run's ``--database``: on PostgreSQL the
 several-hosts deployment (docs/operations.md), on SQLite two servers on one
 file, the most the embedded default allows — and one data folder (signing
 key, blob store: on several hosts that folder is shared storage).  Every
@@ -72,7 +72,7 @@ from server.storage import (
     terminals,
     uploads,
 )
-from tests.server.client import ROOT, GunicornProcess, Reply, SigningClient
+from tests.server.client import ROOT, Reply, ServerProcess, SigningClient
 from tests.server.conftest import (
     API_A,
     API_B,
@@ -91,7 +91,10 @@ LIST = "/api/v1/batches"
 UPLOADS = "/api/v1/uploads"
 ENROLL = "/api/v1/enroll"
 MIN_OPERATIONS = 60  # the load's requests per test, at least
-SERVER_ENV = {"RENKEI_SERVER_FAILED_AUTH_LIMIT": "1000000"}  # replays count as failures
+SERVER_ENV = {
+    "RENKEI_SERVER_FAILED_AUTH_LIMIT": "1000000",  # replays count as failures
+    "RENKEI_SERVER_AUTHORITIES": AUTHORITY,  # the balancer's name, not the servers' own
+}
 
 
 def municipality_file(lasdec: str, count: int, day: date) -> bytes:
@@ -117,7 +120,7 @@ class Pair:
         self.storage = Storage(self.config.database_url)
         self.blobs = BlobStore(self.config.blob_dir)
         self.public_key = load_signing_key(self.config.signing_key_path).public_key()
-        self.servers: list[GunicornProcess] = []
+        self.servers: list[ServerProcess] = []
         self.terminals: list[Terminal] = []
         #: Every signed receipt a client was given: checked against the database afterwards.
         self.receipts: list[dict] = []
@@ -131,7 +134,7 @@ class Pair:
                 terminal, private = api_enroll(self.storage, lasdec, datetime.now(UTC))
                 self.terminals.append(Terminal(terminal.terminal_id, lasdec, private))
         for number in (1, 2):
-            server = GunicornProcess(
+            server = ServerProcess(
                 self.config.data_dir,
                 log_path=self.root / f"gunicorn-{number}.log",
                 env=SERVER_ENV,

@@ -110,3 +110,27 @@ def test_config_is_frozen(tmp_path: Path):
     assert isinstance(config, ServerConfig)
     with pytest.raises(AttributeError):
         config.bind = "x"  # type: ignore[misc]
+
+
+# --- authorities: the names a signed request may address (issue #18) -------------------------------
+
+
+def test_authorities_from_a_file_the_environment_and_overrides(tmp_path: Path):
+    path = tmp_path / "server.toml"
+    path.write_text('authorities = ["Renkei.Example", "renkei.example:443", "[0:0::1]:08443"]\n')
+    assert load_config(path, env={}).authorities == ("renkei.example", "[::1]:8443")
+    env = {"RENKEI_SERVER_AUTHORITIES": "lb.example, renkei.example:8443"}
+    assert load_config(env=env).authorities == ("lb.example", "renkei.example:8443")
+    assert load_config(env={}, authorities=["x.example:9443"]).authorities == ("x.example:9443",)
+    assert load_config(env={}).authorities == ()  # default: derived (server.authorities)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["https://renkei.example", "renkei.example:0", "renkei.example:70000", "::1", "[zz]:1", "a b"],
+)
+def test_a_bad_authority_names_the_key(value: str):
+    with pytest.raises(ConfigError, match="authorities"):
+        load_config(env={"RENKEI_SERVER_AUTHORITIES": value})
+    with pytest.raises(ConfigError, match="authorities"):
+        load_config(env={}, authorities=[value])

@@ -27,7 +27,7 @@ from server.dashboard.volume import daily_volume
 from server.enrollment import enroll, find_terminal
 from server.operators import Kdf, add_operator
 from server.status import MunicipalityStatus
-from server.storage import business_day, enrollment_tokens
+from server.storage import business_day, enrollment_tokens, terminals, uploads
 from server.uploads import receive_upload
 from tests.server.conftest import API_A, API_B, API_C, api_enroll, api_publish
 
@@ -372,6 +372,27 @@ def test_municipality_page_shows_terminals_batches_and_uploads(logged_in, day, a
         assert expected in text, expected
     assert logged_in.get("/dashboard/m/999999").status_code == 404
     assert logged_in.get("/dashboard/m/130001").status_code == 404  # a prefecture: no page
+
+
+def test_stored_hostile_text_is_shown_escaped(logged_in, day, api_app):  # type: ignore[no-untyped-def]
+    """Strings stored before they were refused at the door (an agent version with a C1 CSI, a
+    file name with a right-to-left override) are shown as escapes, not acted on or reordered."""
+    storage = api_app.extensions["renkei"].storage
+    with storage.begin() as conn:
+        conn.execute(
+            terminals.update()
+            .where(terminals.c.terminal_id == day.a_terminal)
+            .values(agent_version="1.0\x9b2J")
+        )
+        conn.execute(
+            uploads.update()
+            .where(uploads.c.upload_id == day.upload_id)
+            .values(file_name="invoice\u202eslx.csv")
+        )
+    text = logged_in.get(f"/dashboard/m/{API_A}").text
+    assert "1.0\\x9b2J" in text and "\x9b" not in text
+    assert "invoice\\u202eslx.csv" in text and "\u202e" not in text
+    assert "東京都千代田区（131016）" in text  # Japanese is text, shown as it is
 
 
 def test_revoke_needs_confirmation_and_csrf(logged_in, day, api_app, api):  # type: ignore[no-untyped-def]

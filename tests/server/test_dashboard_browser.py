@@ -25,7 +25,7 @@ from server.enrollment import find_terminal
 from server.keys import load_signing_key
 from server.operators import add_operator
 from server.storage import Storage
-from tests.server.client import GunicornProcess
+from tests.server.client import ServerProcess
 from tests.server.conftest import API_A, api_init_data
 from tests.server.test_dashboard import make_day
 
@@ -66,7 +66,7 @@ def site(tmp_path):  # type: ignore[no-untyped-def]
     )
     day = make_day(services, datetime.now(UTC))
     add_operator(storage, "tanaka", PASSWORD, now=datetime.now(UTC))  # the default (real) KDF
-    server = GunicornProcess(config.data_dir, log_path=tmp_path / "gunicorn.log", workers=2)
+    server = ServerProcess(config.data_dir, log_path=tmp_path / "gunicorn.log", workers=2)
     server.start()
     yield server, storage, day, config
     server.stop()

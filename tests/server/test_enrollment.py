@@ -24,7 +24,7 @@ from server.enrollment import (
     revoke_terminal,
 )
 from server.errors import EnrollmentError, NotFoundError
-from server.storage import Storage, enrollment_tokens
+from server.storage import Storage, auth_failures, enrollment_tokens
 from tests.server.conftest import CHIYODA, HOKKAIDO, SAPPORO, SAPPORO_CHUO
 
 
@@ -179,21 +179,30 @@ def test_long_nonces_are_remembered_by_hash(core_storage: Storage, core_now):
 
 
 def test_failed_auth_is_counted_within_the_period_per_key_and_address(
-    core_storage: Storage, core_now
+    core_storage: Storage, core_now, core_enroll
 ):
     here, there = "192.0.2.1", "198.51.100.7"
+    abc, other = core_enroll()[0].terminal_id, core_enroll()[0].terminal_id
     for seconds in (0, 100, 500):
-        note_auth_failure(
-            core_storage, "ed25519:abc", source=here, now=core_now + timedelta(seconds=seconds)
+        assert note_auth_failure(
+            core_storage, abc, source=here, now=core_now + timedelta(seconds=seconds)
         )
-    note_auth_failure(core_storage, "ed25519:other", source=here, now=core_now)
-    note_auth_failure(core_storage, "ed25519:abc", source=there, now=core_now)
+    note_auth_failure(core_storage, other, source=here, now=core_now)
+    note_auth_failure(core_storage, abc, source=there, now=core_now)
     at = core_now + timedelta(seconds=600)
 
     def count(key_id: str, source: str = here, period: int = 600) -> int:
         return recent_auth_failures(core_storage, key_id, source=source, now=at, period=period)
 
-    assert count("ed25519:abc") == 3
-    assert count("ed25519:abc", period=550) == 2
-    assert count("ed25519:abc", source=there) == 1
-    assert count("ed25519:none") == 0
+    assert count(abc) == 3
+    assert count(abc, period=550) == 2
+    assert count(abc, source=there) == 1
+    assert count("t_0000000000000000") == 0
+
+
+def test_a_key_id_that_names_no_terminal_is_not_counted(core_storage: Storage, core_now):
+    """Anyone can make up key ids: counting them would be a database row per request."""
+    assert not note_auth_failure(core_storage, "t_0000000000000000", source="x", now=core_now)
+    assert not note_auth_failure(core_storage, "ed25519:abc", source="x", now=core_now)
+    with core_storage.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(auth_failures)).scalar() == 0

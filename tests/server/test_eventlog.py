@@ -34,7 +34,7 @@ from common.synthetic import SampleFactory
 from server import eventlog
 from server.config import ServerConfig
 from server.storage import business_day
-from tests.server.client import ROOT, GunicornProcess
+from tests.server.client import ROOT, ServerProcess
 from tests.server.conftest import API_A, API_B, api_init_data
 
 PERSONAL_KEYS = ("name", "birth_date", "card_number", "address")
@@ -130,7 +130,7 @@ def test_request_id_joins_the_answer_and_the_log(api, capsys, sent, kept):  # ty
 class Web:
     """Just enough of a browser for the dashboard: cookies and url-encoded forms over HTTPS."""
 
-    def __init__(self, server: GunicornProcess):
+    def __init__(self, server: ServerProcess):
         self.port = server.port
         self.context = ssl.create_default_context(cafile=str(server.ca_file))
         self.cookies: dict[str, str] = {}
@@ -211,7 +211,7 @@ def test_a_whole_day_logs_no_personal_data(tmp_path):  # type: ignore[no-untyped
     personal.add(file_name.removesuffix(".csv"))
     assert len(personal) > 40
 
-    server = GunicornProcess(data_dir, log_path=tmp_path / "gunicorn.log", workers=2)
+    server = ServerProcess(data_dir, log_path=tmp_path / "gunicorn.log", workers=2)
     server.start()
     clients = []
     try:

@@ -24,7 +24,7 @@ from server.blobs import BlobStore
 from server.enrollment import issue_token, revoke_terminal
 from server.keys import load_signing_key
 from server.storage import Storage
-from tests.server.client import GUNICORN_CONF, GunicornProcess, SigningClient
+from tests.server.client import GUNICORN_CONF, ServerProcess, SigningClient
 from tests.server.conftest import (
     API_A,
     API_B,
@@ -57,7 +57,7 @@ class Live:
         self.server_key = load_signing_key(self.config.signing_key_path)
         now = datetime.now(UTC)
         api_publish(self.storage, BlobStore(self.config.blob_dir), self.server_key, now, batches)
-        self.gunicorn = GunicornProcess(
+        self.gunicorn = ServerProcess(
             self.config.data_dir, log_path=root / "gunicorn.log", env=SERVER_ENV
         )
 
@@ -318,19 +318,22 @@ def _conf(monkeypatch, tmp_path, **env) -> dict:
     return runpy.run_path(str(GUNICORN_CONF))
 
 
-def test_conf_takes_bind_and_tls_from_the_server_configuration(monkeypatch, tmp_path):
+def test_conf_listens_only_on_the_run_folders_socket_without_tls(monkeypatch, tmp_path):
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
     conf = _conf(
         monkeypatch,
         tmp_path,
         RENKEI_SERVER_BIND="0.0.0.0:9443",
+        RENKEI_SERVER_RUN_DIR=str(tmp_path / "run"),
         RENKEI_SERVER_TLS_CERT=str(tmp_path / "c.pem"),
         RENKEI_SERVER_TLS_KEY=str(tmp_path / "k.pem"),
         WEB_CONCURRENCY="3",
     )
-    assert conf["bind"] == ["0.0.0.0:9443"]
-    assert (conf["certfile"], conf["keyfile"]) == (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    # bind and TLS are the front's (nginx): gunicorn has one Unix socket, for it alone.
+    assert conf["bind"] == [f"unix:{tmp_path / 'run' / 'app.sock'}"]
+    assert conf["umask"] == 0o077
+    assert "certfile" not in conf and "keyfile" not in conf and "ssl_context" not in conf
     assert conf["workers"] == 3
     assert conf["worker_class"] == "gthread"
     assert conf["preload_app"] is True
@@ -338,10 +341,9 @@ def test_conf_takes_bind_and_tls_from_the_server_configuration(monkeypatch, tmp_
     assert conf["wsgi_app"] == "server.wsgi:app"
 
 
-def test_conf_without_tls_and_default_workers(monkeypatch, tmp_path):
+def test_conf_default_socket_and_workers(monkeypatch, tmp_path):
     conf = _conf(monkeypatch, tmp_path)
-    assert "certfile" not in conf and "keyfile" not in conf
-    assert conf["bind"] == ["127.0.0.1:8443"]
+    assert conf["bind"] == ["unix:/run/renkei-server/app.sock"]
     assert conf["workers"] == 2 * (os.cpu_count() or 1) + 1
 
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
-from tests.server.client import GunicornProcess
+from tests.server.client import ServerProcess
 from tests.server.conftest import api_init_data
 from tests.server.test_dashboard import make_day
 
@@ -123,7 +123,7 @@ def test_two_gunicorn_workers_add_up(tmp_path):  # type: ignore[no-untyped-def]
     config = api_init_data(tmp_path / "srv", tls=True)
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    server = GunicornProcess(
+    server = ServerProcess(
         config.data_dir,
         log_path=tmp_path / "gunicorn.log",
         workers=2,

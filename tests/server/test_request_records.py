@@ -48,13 +48,13 @@ def test_find_caller_reads_the_terminal_and_its_failures_from_this_address(
     )
 
 
-def test_find_caller_counts_failures_under_an_id_that_names_no_terminal(core_storage, core_now):
+def test_an_id_that_names_no_terminal_has_no_failures_and_writes_none(core_storage, core_now):
     for _ in range(4):
-        note_auth_failure(core_storage, "t_0000000000000000", source=HERE, now=core_now)
+        assert not note_auth_failure(core_storage, "t_0000000000000000", source=HERE, now=core_now)
     found, failures = find_caller(
         core_storage, "t_0000000000000000", source=HERE, now=core_now, period=60
     )
-    assert (found, failures) == (None, 4)
+    assert (found, failures) == (None, 0)
     assert failures == recent_auth_failures(
         core_storage, "t_0000000000000000", source=HERE, now=core_now, period=60
     )

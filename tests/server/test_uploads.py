@@ -12,9 +12,13 @@ import sqlalchemy as sa
 from common import juki, statement
 from common.items import MINISTRY, MUNICIPALITY
 from common.noticefile import encode_notice_file
+from server.errors import UploadError
 from server.storage import Storage, received_notices, uploads
 from server.uploads import get_receipt, receive_upload
-from tests.server.conftest import CHIYODA, SAPPORO_CHUO
+from tests.server.conftest import CHIYODA, SAPPORO, SAPPORO_CHUO
+
+CHUO = "131024"  # 東京都中央区: another special ward
+SAPPORO_KITA = "011029"  # 札幌市北区: another ward of the same designated city
 
 
 @pytest.fixture
@@ -113,8 +117,54 @@ def test_record_ids_are_per_municipality(core_samples, core_juki, core_enroll, t
     records = list(core_samples.day_of(MUNICIPALITY, CHIYODA, 2))
     ward_terminal, _ = core_enroll(SAPPORO_CHUO)
     upload(terminal, core_juki(records))
-    receipt, _ = upload(ward_terminal, core_juki(records))
+    # The ward's own notices (its address code), under the same record ids.
+    wards = core_samples.day_of(MUNICIPALITY, SAPPORO_CHUO, 2)
+    theirs = [
+        type(mine)(mine.record_id, ward.pattern, ward.values)
+        for mine, ward in zip(records, wards, strict=True)
+    ]
+    receipt, _ = upload(ward_terminal, core_juki(theirs))
     assert receipt["statement"]["accepted"] == [r.record_id for r in records]
+
+
+def test_another_municipalitys_records_are_rejected_one_by_one(
+    core_storage, core_key, core_samples, core_juki, terminal, upload
+):
+    """A terminal reports its own municipality's notices only (common.reporting)."""
+    own = list(core_samples.day_of(MUNICIPALITY, CHIYODA, 2))
+    others = list(core_samples.day_of(MUNICIPALITY, CHUO, 2))
+    receipt, _ = upload(terminal, core_juki([own[0], others[0], own[1], others[1]]))
+    body = statement.verify(receipt, core_key.public_key())
+    assert body["accepted"] == [r.record_id for r in own]
+    assert [(e["line"], e["record_id"]) for e in body["rejected"]] == [
+        (3, others[0].record_id),
+        (5, others[1].record_id),
+    ]
+    for entry in body["rejected"]:
+        [problem] = entry["problems"]
+        assert problem["code"] == "address.other_municipality"
+        assert (problem["item"], problem["column"]) == ("address", "address_code")
+        assert "131024（東京都中央区）" in problem["message"]
+        assert "131016（東京都千代田区）" in problem["message"]
+    assert [r.record_id for r in stored(core_storage)] == [r.record_id for r in own]
+
+
+def test_a_wards_terminal_reports_with_its_wards_code(
+    core_storage, core_key, core_samples, core_juki, core_enroll, upload
+):
+    """Designated cities: the ward keeps the residence records (住基法 第38条), so its code."""
+    ward, _ = core_enroll(SAPPORO_CHUO)
+    own, city, other_ward = core_samples.day_of(MUNICIPALITY, SAPPORO_CHUO, 3)
+    city = city.with_values(address_code=SAPPORO, address="北海道札幌市中央区一丁目1番1号")
+    other_ward = other_ward.with_values(address_code=SAPPORO_KITA, address="北海道札幌市北区一丁目")
+    receipt, _ = upload(ward, core_juki([own, city, other_ward]))
+    body = statement.verify(receipt, core_key.public_key())
+    assert body["accepted"] == [own.record_id]
+    problems = {e["record_id"]: e["problems"] for e in body["rejected"]}
+    assert [p["code"] for p in problems[city.record_id]] == ["address.other_municipality"]
+    assert "区のコード「011011」" in problems[city.record_id][0]["message"]
+    assert [p["code"] for p in problems[other_ward.record_id]] == ["address.other_municipality"]
+    assert "011029（北海道札幌市北区）" in problems[other_ward.record_id][0]["message"]
 
 
 def truncated(data: bytes) -> bytes:
@@ -156,8 +206,39 @@ def test_too_many_records_is_a_file_error(core_storage, core_samples, core_juki,
     assert len(exact["statement"]["accepted"]) == 3
 
 
-def test_file_name_is_made_safe_to_sign(core_samples, core_juki, terminal, upload, core_key):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bad\udcff.csv",  # a lone surrogate
+        "x" * 256,
+        "千" * 86,  # 258 bytes of UTF-8
+        "a\x9b31m.csv",  # C1 CSI
+        "evil\u202ecsv.exe",  # right-to-left override
+        "a\u200bb.csv",  # zero width space (format)
+        "a\x7f.csv",
+        "a\u2028b.csv",  # line separator
+        "../x.csv",
+        "",
+    ],
+)
+def test_an_unsafe_file_name_is_refused_before_anything_is_stored(
+    core_storage, core_blobs, core_samples, core_juki, terminal, upload, name
+):
+    """The name goes into the signed receipt and onto operators' screens (issue #18)."""
     data = core_juki(core_samples.day_of(MUNICIPALITY, CHIYODA, 1))
-    receipt, _ = upload(terminal, data, name="bad\udcff" + "x" * 400)
-    body = statement.verify(receipt, core_key.public_key())
-    assert body["file_name"].startswith("bad?") and len(body["file_name"]) == 255
+    with pytest.raises(UploadError) as refused:
+        upload(terminal, data, name=name)
+    assert refused.value.code == "upload.file_name"
+    assert upload_count(core_storage) == 0 and not core_blobs.exists(
+        hashlib.sha256(data).hexdigest()
+    )
+
+
+def test_a_long_japanese_file_name_within_255_bytes_is_kept(
+    core_samples, core_juki, terminal, upload, core_key
+):
+    name = "千" * 81 + ".csv"  # 247 bytes
+    receipt, _ = upload(
+        terminal, core_juki(core_samples.day_of(MUNICIPALITY, CHIYODA, 1)), name=name
+    )
+    assert statement.verify(receipt, core_key.public_key())["file_name"] == name
